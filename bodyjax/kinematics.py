@@ -1,0 +1,126 @@
+"""Forward kinematics and linear blend skinning shared by every body model.
+
+The skinning formulation is the one of the deform-and-learn paper (section "Body shape and pose
+model"): each joint ``j`` has a homogeneous bone transformation ``A_j`` and a segment scale ``s_j``,
+and the segment is deformed by ``T_j = A_j · diag(s_j, s_j, s_j, 1)`` applied in the joint's rest
+frame. Written out, a rest vertex ``v`` bound to joint ``j`` goes to
+
+    T_j(v) = G_j · s_j · (v − J_j) + P_j,
+
+where ``G_j`` is the joint's global rotation, ``J_j`` its rest position and ``P_j`` its posed position.
+The bone from a parent ``p`` to a child ``j`` belongs to the parent's segment, so it is stretched by
+the parent's scale: ``P_j = P_p + G_p · s_p · (J_j − J_p)``. With every scale equal to one this is the
+standard SMPL-style linear blend skinning.
+
+All functions take arbitrary leading batch dimensions ``...`` and are jit/vmap/grad friendly. The
+kinematic tree is a static tuple of parent indices so that the chain unrolls at trace time.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+
+
+def chain(
+    local_rotations: Array,
+    rest_joints: Array,
+    parents: Sequence[int],
+    bone_scales: Optional[Array] = None,
+) -> tuple[Array, Array]:
+    """Composes local joint rotations along the kinematic tree.
+
+    Args:
+      local_rotations: ``(..., J, 3, 3)`` rotation of each joint relative to its parent. The root's
+        entry is its global rotation.
+      rest_joints: ``(..., J, 3)`` joint positions in the rest pose.
+      parents: length-``J`` static parent indices, ``parents[0] == -1`` and ``parents[j] < j``.
+      bone_scales: optional ``(..., J)`` segment scales; the offset from a parent to its child is
+        multiplied by the parent's scale. ``None`` means all ones.
+
+    Returns:
+      ``(global_rotations (..., J, 3, 3), joint_positions (..., J, 3))`` with the root at
+      ``rest_joints[..., 0, :]``.
+    """
+    parents = tuple(int(p) for p in parents)
+    _check_parents(parents, local_rotations.shape[-3])
+    rots = [local_rotations[..., 0, :, :]]
+    pos = [jnp.broadcast_to(rest_joints[..., 0, :], rots[0].shape[:-2] + (3,))]
+    for j in range(1, len(parents)):
+        p = parents[j]
+        offset = rest_joints[..., j, :] - rest_joints[..., p, :]
+        if bone_scales is not None:
+            offset = offset * bone_scales[..., p, None]
+        rots.append(rots[p] @ local_rotations[..., j, :, :])
+        pos.append(pos[p] + _matvec(rots[p], offset))
+    return jnp.stack(rots, axis=-3), jnp.stack(pos, axis=-2)
+
+
+def skinning_transforms(
+    global_rotations: Array,
+    joint_positions: Array,
+    rest_joints: Array,
+    segment_scales: Optional[Array] = None,
+) -> Array:
+    """Per-joint affine skinning transforms ``T_j = A_j · diag(s_j, s_j, s_j, 1)``.
+
+    Args:
+      global_rotations: ``(..., J, 3, 3)`` from :func:`chain`.
+      joint_positions: ``(..., J, 3)`` posed joints from :func:`chain`.
+      rest_joints: ``(..., J, 3)`` rest joints.
+      segment_scales: optional ``(..., J)`` scales ``s_j``.
+
+    Returns:
+      ``(..., J, 3, 4)`` matrices ``[M_j | b_j]`` with ``M_j = s_j G_j`` and ``b_j = P_j − M_j J_j``,
+      so that a rest vertex ``v`` maps to ``M_j v + b_j``.
+    """
+    m = global_rotations
+    if segment_scales is not None:
+        m = m * segment_scales[..., None, None]
+    b = joint_positions - _matvec(m, rest_joints)
+    return jnp.concatenate([m, b[..., None]], axis=-1)
+
+
+def blend_skin(rest_vertices: Array, weights: Array, transforms: Array) -> Array:
+    """Linear blend skinning: ``v' = (Σ_j w_vj T_j) v``.
+
+    The blended transform is one matrix product ``weights @ transforms`` and the per-vertex
+    application is written as explicit multiply-adds; on CPU this is an order of magnitude faster
+    under XLA than a per-vertex ``einsum('...vik,...vk->...vi')``.
+
+    Args:
+      rest_vertices: ``(..., V, 3)`` rest positions (e.g. after shape blend shapes).
+      weights: ``(V, J)`` or ``(..., V, J)`` skinning weights (rows sum to one).
+      transforms: ``(..., J, 3, 4)`` from :func:`skinning_transforms`.
+
+    Returns:
+      ``(..., V, 3)`` posed vertices.
+    """
+    flat = transforms.reshape(transforms.shape[:-2] + (12,))
+    blended = jnp.matmul(weights, flat)  # (..., V, 12)
+    x, y, z = rest_vertices[..., 0], rest_vertices[..., 1], rest_vertices[..., 2]
+    rows = [
+        blended[..., 4 * r] * x + blended[..., 4 * r + 1] * y + blended[..., 4 * r + 2] * z
+        + blended[..., 4 * r + 3]
+        for r in range(3)
+    ]
+    return jnp.stack(rows, axis=-1)
+
+
+def apply_affine(transforms: Array, points: Array) -> Array:
+    """Applies ``(..., N, 3, 4)`` affine transforms to ``(..., N, 3)`` points, returning ``(..., N, 3)``."""
+    return _matvec(transforms[..., :3], points) + transforms[..., 3]
+
+
+def _matvec(m: Array, v: Array) -> Array:
+    """``(..., 3, 3) @ (..., 3)`` as multiply-adds (broadcasting leading dims)."""
+    return m[..., 0] * v[..., None, 0] + m[..., 1] * v[..., None, 1] + m[..., 2] * v[..., None, 2]
+
+
+def _check_parents(parents: tuple[int, ...], num_joints: int) -> None:
+    if len(parents) != num_joints:
+        raise ValueError(f"parents has {len(parents)} entries but the rotations have {num_joints} joints")
+    if parents[0] != -1 or any(not (0 <= p < j) for j, p in enumerate(parents) if j > 0):
+        raise ValueError(f"parents must start with -1 and list each parent before its child, got {parents}")
