@@ -278,17 +278,36 @@ def forward_subset(template: BodyTemplate, params: BodyParams, vertex_ids: Array
     Returns:
       :class:`BodyOutput` whose ``vertices``/``vertices2d`` are ``(..., N, 3)``/``(..., N, 2)``.
     """
+    return forward_points(template, params, *gather_points(template, vertex_ids))
+
+
+def gather_points(template: BodyTemplate, vertex_ids: Array) -> tuple[Array, Array]:
+    """Rest positions ``(..., N, 3)`` and skinning weights ``(..., N, 24)`` of ``vertex_ids (..., N)``.
+
+    Gather once and call :func:`forward_points` many times (e.g. in an optimisation loop).
+    """
+    return template.vertices[vertex_ids], template.weights[vertex_ids]
+
+
+def forward_points(template: BodyTemplate, params: BodyParams, rest_points: Array,
+                   point_weights: Array) -> BodyOutput:
+    """Poses arbitrary rest-pose points bound to the skeleton by ``point_weights``.
+
+    Args:
+      template: supplies the skeleton and the keypoint definition.
+      params: :class:`BodyParams` with leading shape ``...``.
+      rest_points: ``(..., N, 3)`` rest positions (e.g. from :func:`gather_points`).
+      point_weights: ``(..., N, 24)`` skinning weights of those points.
+
+    Returns:
+      :class:`BodyOutput` with ``vertices (..., N, 3)`` holding the posed points.
+    """
     transforms, joints = skinning_transforms(template, params)
-    vertices = _skin_ids(template, transforms, vertex_ids)
-    kp_vertices = _skin_ids(template, transforms, template.kp_vertex_ids.reshape(-1))
+    vertices = kinematics.blend_skin(rest_points, point_weights, transforms)
+    kp_ids = template.kp_vertex_ids.reshape(-1)
+    kp_vertices = kinematics.blend_skin(template.vertices[kp_ids], template.weights[kp_ids], transforms)
     kp_vertices = kp_vertices.reshape(kp_vertices.shape[:-2] + template.kp_vertex_ids.shape + (3,))
     return _finish(template, params, vertices, joints, kp_vertices)
-
-
-def _skin_ids(template: BodyTemplate, transforms: Array, ids: Array) -> Array:
-    rest = template.vertices[ids]
-    weights = template.weights[ids]
-    return kinematics.blend_skin(rest, weights, transforms)
 
 
 def _finish(template, params, vertices, joints, kp_vertices) -> BodyOutput:

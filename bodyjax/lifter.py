@@ -39,6 +39,13 @@ Decisions (the paper leaves them open):
   ``|p_i - p̄_i|^2`` (the text calls it an MSE), averaged over the samples that have 3D targets.
   Only the depth component of eq. 5 carries gradient: the lifted ``x, y`` are the input's.
 
+Known limitation (of the objective, not of this implementation): eq. 1-4 cannot tell a lifted pose
+``P`` from its depth mirror ``M_z P`` (z -> -z). Rotating ``M_z P`` by ``phi`` and dropping z gives
+exactly the projection of ``P`` rotated by ``-phi``, which is as realistic as the others, and bone
+lengths are mirror invariant. Without 3D targets (round 1) the sign of the depths can therefore
+differ from the truth, per example; the joint loss of later rounds (eq. 5) resolves it. Evaluate
+round-1 depths up to sign (or per-sample min over the sign) as well as directly.
+
 Camera frame (project conventions): x right, y DOWN, z away from the camera. The vertical axis is
 therefore y, and ``rotate_about_vertical`` uses ``R_y(phi) = [[c, 0, s], [0, 1, 0], [-s, 0, c]]``.
 """
@@ -46,13 +53,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 
@@ -148,7 +154,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D: normalised 2D keypoints ``(..., N, 2)`` (invisible ones zeroed) -> real/fake logit ``(...)``.
+    """D: normalised 2D keypoints ``(..., N, 2)`` (invisible ones zeroed) -> logit ``(...)``.
 
     Eight Dense layers by default (see :class:`LifterHParams`).
     """
@@ -160,7 +166,8 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, keypoints2d: Array) -> Array:
         x = keypoints2d.reshape(keypoints2d.shape[:-2] + (2 * keypoints2d.shape[-2],))
-        return _ResidualMLP(self.hidden, 1, self.num_layers, self.negative_slope, name="mlp")(x)[..., 0]
+        mlp = _ResidualMLP(self.hidden, 1, self.num_layers, self.negative_slope, name="mlp")
+        return mlp(x)[..., 0]
 
 
 @flax.struct.dataclass
@@ -169,6 +176,25 @@ class LifterState:
 
     generator: train_state.TrainState
     discriminator: train_state.TrainState
+
+
+@functools.lru_cache(maxsize=None)
+def _modules_and_tx(hparams: LifterHParams):
+    """One (Generator, Discriminator, optimiser) per hparams, so that states created separately
+    have equal static fields (apply_fn, tx) and share the jitted step's compilation cache."""
+    gen = Generator(hparams.hidden, hparams.num_layers, hparams.negative_slope)
+    disc = Discriminator(hparams.hidden, hparams.num_layers, hparams.negative_slope)
+    tx = optax.adam(hparams.learning_rate, b1=hparams.adam_b1, b2=hparams.adam_b2)
+    return gen, disc, tx
+
+
+@functools.partial(jax.jit, static_argnames=("num_keypoints", "hparams"))
+def _init_params(rng, num_keypoints, hparams):
+    gen, disc, _ = _modules_and_tx(hparams)
+    g_rng, d_rng = jax.random.split(rng)
+    kp = jnp.zeros((1, num_keypoints, 2), jnp.float32)
+    vis = jnp.ones((1, num_keypoints), jnp.float32)
+    return gen.init(g_rng, kp, vis)["params"], disc.init(d_rng, kp)["params"]
 
 
 def create_lifter_state(rng: Array, num_keypoints: int,
@@ -183,20 +209,11 @@ def create_lifter_state(rng: Array, num_keypoints: int,
       :class:`LifterState` with ``TrainState``s whose ``apply_fn`` are ``Generator.apply`` and
       ``Discriminator.apply``.
     """
-    g_rng, d_rng = jax.random.split(rng)
-    gen = Generator(hparams.hidden, hparams.num_layers, hparams.negative_slope)
-    disc = Discriminator(hparams.hidden, hparams.num_layers, hparams.negative_slope)
-    kp = jnp.zeros((1, num_keypoints, 2), jnp.float32)
-    vis = jnp.ones((1, num_keypoints), jnp.float32)
-    g_params = gen.init(g_rng, kp, vis)["params"]
-    d_params = disc.init(d_rng, kp)["params"]
-
-    def tx():
-        return optax.adam(hparams.learning_rate, b1=hparams.adam_b1, b2=hparams.adam_b2)
-
+    gen, disc, tx = _modules_and_tx(hparams)
+    g_params, d_params = _init_params(rng, int(num_keypoints), hparams)
     return LifterState(
-        generator=train_state.TrainState.create(apply_fn=gen.apply, params=g_params, tx=tx()),
-        discriminator=train_state.TrainState.create(apply_fn=disc.apply, params=d_params, tx=tx()))
+        generator=train_state.TrainState.create(apply_fn=gen.apply, params=g_params, tx=tx),
+        discriminator=train_state.TrainState.create(apply_fn=disc.apply, params=d_params, tx=tx))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,12 +258,13 @@ def normalize_joints3d(joints3d: Array, keypoints2d: Array, visibility: Array,
     The targets are root-centred with their OWN 3D root (same visibility-weighted definition as the
     lifted pose, whose depth is root-relative) and divided by the 2D scale of ``keypoints2d`` (the
     generator's input), exactly the factor :func:`predict_depths` multiplies by. Hence a generator
-    that matches the normalised targets makes :func:`predict_depths` return the targets' root-relative
-    depths in pixels. Invisible joints are set to 0 (they are masked out of eq. 5).
+    that matches the normalised targets makes :func:`predict_depths` return the targets'
+    root-relative depths in pixels. Invisible joints are set to 0 (they are masked out of eq. 5).
 
     Args:
-      joints3d: ``(..., N, 3)`` in the units of ``keypoints2d`` (pixels): ``(x_img, y_img, s*depth)``,
-        e.g. :func:`weak_perspective_joints3d` of the registration's keypoints.
+      joints3d: ``(..., N, 3)`` in the units of ``keypoints2d`` (pixels):
+        ``(x_img, y_img, s*depth)``, e.g. :func:`weak_perspective_joints3d` of the
+        registration's keypoints.
       keypoints2d: ``(..., N, 2)`` the 2D input the generator sees for the same example.
       visibility: ``(..., N)``.
       keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
@@ -529,14 +547,9 @@ def train_step(state: LifterState, batch: Mapping[str, Array], rng: Array, mu: U
                      jnp.asarray(mean_ratios, jnp.float32), ks, hparams)
 
 
-@functools.partial(jax.jit, static_argnames=("keypoint_set", "hparams"))
-def _jit_indexed_step(state, data, idx, rng, mu, mean_ratios, keypoint_set, hparams):
-    batch = jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), data)
-    return _step(state, batch, rng, mu, mean_ratios, keypoint_set, hparams)
-
-
 def train_lifter(state: LifterState, keypoints2d: Array, visibility: Array, rng: Array,
-                 num_epochs: int, batch_size: int, *, mean_ratios: Array,
+                 num_epochs: Optional[int] = None, batch_size: Optional[int] = None, *,
+                 mean_ratios: Array,
                  keypoint_set: KeypointSetLike = None, hparams: LifterHParams = LifterHParams(),
                  joints3d: Optional[Array] = None, joints3d_mask: Optional[Array] = None,
                  mu: Optional[float] = None,
@@ -546,17 +559,18 @@ def train_lifter(state: LifterState, keypoints2d: Array, visibility: Array, rng:
 
     Each epoch uses a permutation drawn from ``fold_in(rng, epoch)`` and drops the last partial
     batch (``batch_size`` is clipped to the data size), so every step has the same shapes and the
-    jitted step compiles once. Deterministic given ``rng``.
+    jitted step (shared with :func:`train_step`) compiles once. Deterministic given ``rng``.
 
     Args:
       state: :class:`LifterState`.
       keypoints2d: ``(M, N, 2)`` 2D keypoints (pixels).
       visibility: ``(M, N)``.
       rng: PRNG key.
-      num_epochs, batch_size: training length.
+      num_epochs, batch_size: training length; ``None`` takes ``hparams.num_epochs`` /
+        ``hparams.batch_size``.
       mean_ratios: ``(E,)`` average skeleton ratios (eq. 3).
       keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
-      hparams: :class:`LifterHParams` (the epochs/batch size fields are NOT read here).
+      hparams: :class:`LifterHParams`.
       joints3d: optional ``(M, N, 3)`` registration targets (pixel units) for eq. 5 (round >= 2).
       joints3d_mask: optional ``(M,)`` 1 where ``joints3d`` is valid.
       mu: constant joint weight; ``None`` uses :func:`joint_weight_schedule` with
@@ -566,6 +580,8 @@ def train_lifter(state: LifterState, keypoints2d: Array, visibility: Array, rng:
       ``(state, history)``; ``history[name]`` is the list of per-epoch means of each metric of
       :func:`train_step`.
     """
+    num_epochs = hparams.num_epochs if num_epochs is None else int(num_epochs)
+    batch_size = hparams.batch_size if batch_size is None else int(batch_size)
     keypoints2d = jnp.asarray(keypoints2d, jnp.float32)
     ks = _resolve(keypoint_set, keypoints2d.shape[-2])
     m = keypoints2d.shape[0]
@@ -593,9 +609,9 @@ def train_lifter(state: LifterState, keypoints2d: Array, visibility: Array, rng:
             else:
                 mu_t = joint_weight_schedule(step, total_steps, hparams.mu_start, hparams.mu_end,
                                              hparams.mu_schedule)
-            state, metrics = _jit_indexed_step(
-                state, data, perm[i], jax.random.fold_in(step_rng, step),
-                jnp.asarray(mu_t, jnp.float32), mean_ratios, ks, hparams)
+            batch = {k: v[perm[i]] for k, v in data.items()}
+            state, metrics = _jit_step(state, batch, jax.random.fold_in(step_rng, step),
+                                       jnp.asarray(mu_t, jnp.float32), mean_ratios, ks, hparams)
             epoch_metrics.append(metrics)
             step += 1
         if epoch_metrics:
@@ -625,10 +641,10 @@ def predict_depths(state: LifterState, keypoints2d: Array, visibility: Array,
                    keypoint_set: KeypointSetLike = None) -> Array:
     """Root-relative keypoint depths in the input's units: ``z^GAN`` of eq. 9.
 
-    ``depth = z * scale`` with ``z`` the generator's root-relative normalised depth and ``scale`` the
-    2D normalisation scale (:func:`normalize_keypoints2d`), so scaling the input by ``k`` scales the
-    depths by ``k`` and translating it leaves them unchanged. Depth grows away from the camera.
-    Invisible keypoints get depth 0 (mask them downstream).
+    ``depth = z * scale`` with ``z`` the generator's root-relative normalised depth and ``scale``
+    the 2D normalisation scale (:func:`normalize_keypoints2d`), so scaling the input by ``k``
+    scales the depths by ``k`` and translating it leaves them unchanged. Depth grows away from the
+    camera. Invisible keypoints get depth 0 (mask them downstream).
 
     Args:
       state: :class:`LifterState`.

@@ -276,7 +276,7 @@ def mpjpe(pred: Array, target: Array, mask: Optional[Array] = None, root: Root =
       mask: optional ``(..., J)`` joint weights.
       root: root joint index, or indices whose mean is the root (``(11, 12)`` for the COCO hips);
         each skeleton is translated so its own root is at the origin. ``None`` disables the
-        alignment (raw Euclidean error).
+        alignment (raw Euclidean error). The root is subtracted whatever ``mask`` says about it.
 
     Returns:
       ``(...)`` mean error over the valid joints (``0`` if none is valid).

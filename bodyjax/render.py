@@ -34,7 +34,7 @@ class Raster(NamedTuple):
 
 
 def rasterize(points2d: np.ndarray, depth: np.ndarray, faces: np.ndarray, height: int,
-              width: int, max_pixels: int = 50_000_000) -> Raster:
+              width: int, max_pixels: int = 50_000_000, cull_back_faces: bool = False) -> Raster:
     """Z-buffer rasterisation of a triangle mesh already projected to the image.
 
     Args:
@@ -43,6 +43,10 @@ def rasterize(points2d: np.ndarray, depth: np.ndarray, faces: np.ndarray, height
       faces: ``(F, 3)`` int triangles.
       height, width: image size.
       max_pixels: guard on the number of candidate (triangle, pixel) pairs.
+      cull_back_faces: skip triangles that face away from the camera, i.e. whose signed image area
+        ``(b - a) x (c - a)`` is >= 0 (for outward-oriented meshes in the project's camera frame, the
+        z component of the face normal is then >= 0). For a closed mesh the nearest surface is never
+        a back face, so the result is the same for about half the work.
 
     Returns:
       A :class:`Raster`.
@@ -58,17 +62,25 @@ def rasterize(points2d: np.ndarray, depth: np.ndarray, faces: np.ndarray, height
     if not np.all(np.isfinite(points2d)) or not np.all(np.isfinite(depth)):
         raise ValueError("rasterize: non-finite vertex positions")
 
-    tri = points2d[faces]  # (F, 3, 2)
-    x0 = np.maximum(np.ceil(tri[..., 0].min(1)), 0).astype(np.int64)
-    x1 = np.minimum(np.floor(tri[..., 0].max(1)), width - 1).astype(np.int64)
-    y0 = np.maximum(np.ceil(tri[..., 1].min(1)), 0).astype(np.int64)
-    y1 = np.minimum(np.floor(tri[..., 1].max(1)), height - 1).astype(np.int64)
+    # Per-corner coordinate arrays: reductions over a length-3 axis of an (F, 3, 2) array are
+    # several times slower than elementwise minimum/maximum of three (F,) arrays.
+    xs, ys = points2d[:, 0], points2d[:, 1]
+    ax, bx, cx = xs[faces[:, 0]], xs[faces[:, 1]], xs[faces[:, 2]]
+    ay, by, cy = ys[faces[:, 0]], ys[faces[:, 1]], ys[faces[:, 2]]
+    x0 = np.maximum(np.ceil(np.minimum(np.minimum(ax, bx), cx)), 0)
+    x1 = np.minimum(np.floor(np.maximum(np.maximum(ax, bx), cx)), width - 1)
+    y0 = np.maximum(np.ceil(np.minimum(np.minimum(ay, by), cy)), 0)
+    y1 = np.minimum(np.floor(np.maximum(np.maximum(ay, by), cy)), height - 1)
     nx, ny = x1 - x0 + 1, y1 - y0 + 1
+    face_area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
     keep = (nx > 0) & (ny > 0)
-    fid = np.nonzero(keep)[0]
+    if cull_back_faces:
+        keep &= face_area < 0
+    fid = np.flatnonzero(keep)
     if len(fid) == 0:
         return Raster(face_map, bary_map, depth_map)
-    nx, ny, x0, y0 = nx[fid], ny[fid], x0[fid], y0[fid]
+    nx, ny = nx[fid].astype(np.int64), ny[fid].astype(np.int64)
+    x0, y0 = x0[fid].astype(np.int64), y0[fid].astype(np.int64)
     counts = nx * ny
     total = int(counts.sum())
     if total > max_pixels:
@@ -78,18 +90,19 @@ def rasterize(points2d: np.ndarray, depth: np.ndarray, faces: np.ndarray, height
     owner = np.repeat(np.arange(len(fid)), counts)
     start = np.repeat(np.cumsum(counts) - counts, counts)
     local = np.arange(total) - start
-    px = x0[owner] + local % nx[owner]
-    py = y0[owner] + local // nx[owner]
+    nxo = nx[owner]
+    px = x0[owner] + local % nxo
+    py = y0[owner] + local // nxo
     f = fid[owner]
 
-    a, b, c = tri[f, 0], tri[f, 1], tri[f, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    ax, bx, cx, ay, by, cy = ax[f], bx[f], cx[f], ay[f], by[f], cy[f]
+    area = face_area[f]
     ok = np.abs(area) > 1e-12
     area = np.where(ok, area, 1.0)
-    w0 = ((b[:, 0] - px) * (c[:, 1] - py) - (b[:, 1] - py) * (c[:, 0] - px)) / area
-    w1 = ((c[:, 0] - px) * (a[:, 1] - py) - (c[:, 1] - py) * (a[:, 0] - px)) / area
+    w0 = ((bx - px) * (cy - py) - (by - py) * (cx - px)) / area
+    w1 = ((cx - px) * (ay - py) - (cy - py) * (ax - px)) / area
     w2 = 1.0 - w0 - w1
-    inside = ok & (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
+    inside = np.flatnonzero(ok & (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9))
     px, py, f = px[inside], py[inside], f[inside]
     w = np.stack([w0[inside], w1[inside], w2[inside]], axis=1)
     z = (w * depth[faces[f]]).sum(1)
@@ -110,9 +123,10 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     v = np.asarray(vertices, np.float64)
     tri = v[faces]
     fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, faces[:, k], fn)
+    # Scatter-add of the face normals to their corners with bincount (much faster than np.add.at).
+    idx = np.asarray(faces).reshape(-1)
+    fn3 = np.repeat(fn, 3, axis=0)
+    n = np.stack([np.bincount(idx, weights=fn3[:, c], minlength=len(v)) for c in range(3)], axis=1)
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 

@@ -387,7 +387,10 @@ def gram_schmidt(m: Array) -> Array:
 
     b1 = _safe_normalize(c1)
     b2 = _safe_normalize(c2 - dot(b1, c2) * b1)
-    b3 = _safe_normalize(c3 - dot(b1, c3) * b1 - dot(b2, c3) * b2)
+    # Projections removed one after the other ("modified" Gram–Schmidt: the same result in exact
+    # arithmetic, better orthogonality in float32 for ill-conditioned inputs).
+    r3 = c3 - dot(b1, c3) * b1
+    b3 = _safe_normalize(r3 - dot(b2, r3) * b2)
     return jnp.stack([b1, b2, b3], axis=-1)
 
 

@@ -49,8 +49,8 @@ COCO17_NAMES: Tuple[str, ...] = (
 
 JOINTS24_NAMES: Tuple[str, ...] = (
     "pelvis", "L_hip", "R_hip", "spine1", "L_knee", "R_knee", "spine2", "L_ankle", "R_ankle",
-    "spine3", "L_foot", "R_foot", "neck", "L_collar", "R_collar", "head", "L_shoulder", "R_shoulder",
-    "L_elbow", "R_elbow", "L_wrist", "R_wrist", "L_hand", "R_hand",
+    "spine3", "L_foot", "R_foot", "neck", "L_collar", "R_collar", "head", "L_shoulder",
+    "R_shoulder", "L_elbow", "R_elbow", "L_wrist", "R_wrist", "L_hand", "R_hand",
 )
 
 #: SMPL kinematic tree of the 24 joints (same as ``bodyjax.body``'s PARENTS).
@@ -73,7 +73,7 @@ class KeypointSet:
       trunk: two groups of keypoint indices ``(upper, lower)``; the trunk length is the distance
         between the mean of the ``upper`` keypoints and the mean of the ``lower`` keypoints.
       flip_permutation: ``(N,)`` the keypoint index that keypoint ``i`` becomes after a horizontal
-        (left/right) image flip, i.e. ``flipped = points[..., flip_permutation, :]`` (with x negated).
+        (left/right) image flip: ``flipped = points[..., flip_permutation, :]`` (with x negated).
       root: keypoint indices whose mean is the root (body centre used for root-centring).
     """
 

@@ -150,6 +150,12 @@ class SMPLModel:
             raise ValueError(
                 f"expected v_template (V,3), shapedirs (V,3,B), posedirs (V,3,P); got {v_template.shape}, "
                 f"{shapedirs.shape}, {posedirs.shape}")
+        weights = np.asarray(weights)
+        if J_regressor.shape != (J, V) or weights.shape != (V, J):
+            raise ValueError(f"expected J_regressor (J,V) = ({J},{V}) and weights (V,J) = ({V},{J}); got "
+                             f"{J_regressor.shape}, {weights.shape}")
+        if densepose_iuv is not None and np.shape(densepose_iuv) != (V, 3):
+            raise ValueError(f"densepose_iuv must have shape ({V}, 3), got {np.shape(densepose_iuv)}")
         if P != 9 * (J - 1):
             raise ValueError(f"posedirs has {P} components but {J} joints need 9*(J-1) = {9 * (J - 1)}")
         joint_template = J_regressor @ v_template
@@ -216,6 +222,9 @@ def smpl_forward(
     Returns:
       :class:`SMPLOutput` with ``vertices (..., V, 3)`` and ``joints (..., J, 3)`` in the official
       model frame (y up), not the project's camera frame.
+
+    The kinematic chain unrolls over the joints at trace time, so call it under ``jax.jit``; eager
+    calls dispatch every small operation separately.
     """
     J, V = model.num_joints, model.num_vertices
     betas = jnp.asarray(betas)
@@ -370,17 +379,17 @@ def _read_model_file(path: str) -> Mapping[str, Any]:
             head = fh.read(4)
     except OSError as e:
         raise ValueError(f"{path}: cannot open model file ({e})") from e
-    if head.startswith(b"PK") or path.lower().endswith(".npz"):
+    if head.startswith(b"PK"):
         try:
             return _NpzFields(np.load(path, allow_pickle=False), path)
-        except ValueError:
-            raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise ValueError(f"{path}: cannot read npz model file ({type(e).__name__}: {e})") from e
+    if path.lower().endswith(".npz"):
+        raise ValueError(f"{path}: not an npz (zip) archive")
     try:
         with open(path, "rb") as fh:
             data = _ModelUnpickler(fh).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - corrupt pickles raise many types; re-raised with the file named
         raise ValueError(f"{path}: cannot read pickled model file ({type(e).__name__}: {e})") from e
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a pickled dict of model fields, got {type(data).__name__}")

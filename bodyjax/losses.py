@@ -1,0 +1,145 @@
+"""The losses of deform-and-learn, one pure function per equation of the appendix.
+
+Registration (appendix section 3, eq. 7–12) and regression (section 4, eq. 13–14). The lifter's
+adversarial and geometric losses (eq. 1–6) live in :mod:`bodyjax.lifter`, next to the networks
+they train.
+
+Every function works on one sample or any leading batch shape ``...`` and returns ``(...)``: the
+caller sums or averages over the batch. Point sets carry a mask (``(..., N)``, 1 = real point,
+0 = padding or invisible); masked points contribute exactly zero to the value and the gradient, and
+non-finite values under a zero mask are ignored (they never turn into NaN).
+
+Units: 2D terms are computed in whatever image units the caller passes. The paper's weights
+(ω_dense = 1000, ω_KP = 1, ω_scale = 10, ω_joint = 0.001, ω_det = 1) balance when image coordinates
+are normalised to about [-1, 1] over the person crop, which is what :mod:`bodyjax.registration`
+does.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+
+
+def _masked(values: Array, mask: Array) -> Array:
+    """``values`` with masked-out entries replaced by 0 (so NaN padding cannot leak)."""
+    return jnp.where(mask > 0, values, 0.0) * mask
+
+
+def l_dense(projected: Array, target: Array, mask: Array, reduction: str = "mean") -> Array:
+    """Dense correspondence loss, eq. (8): squared 2D distance of matched surface points.
+
+    Args:
+      projected: ``(..., N, 2)`` projections ``x_idx(i)`` of the matched template vertices.
+      target: ``(..., N, 2)`` annotated image points ``p_i``.
+      mask: ``(..., N)`` 1 for real correspondences.
+      reduction: ``'mean'`` (the text's "mean squared error", over the valid points) or ``'sum'``
+        (eq. 8 as written).
+
+    Returns:
+      ``(...)``; 0 for a sample without correspondences.
+    """
+    sq = jnp.sum(jnp.where(mask[..., None] > 0, projected - target, 0.0) ** 2, axis=-1)
+    total = jnp.sum(_masked(sq, mask), axis=-1)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def l_keypoints(projected: Array, target: Array, visible: Array,
+                depth: Optional[Array] = None, target_depth: Optional[Array] = None,
+                depth_mask: Optional[Array] = None) -> Array:
+    """Keypoint loss with cGAN depths, eq. (9).
+
+    ``Σ_i (x_i − x̄_i)² + (y_i − ȳ_i)² + (z_i − z_i^GAN)²`` over visible keypoints; the depth term
+    is optional (``depth``/``target_depth`` ``None`` leaves it out).
+
+    Args:
+      projected: ``(..., K, 2)`` model keypoints in the image.
+      target: ``(..., K, 2)`` annotated keypoints.
+      visible: ``(..., K)`` 1 for annotated keypoints.
+      depth: ``(..., K)`` model keypoint depths, relative to the root, same units as the 2D terms.
+      target_depth: ``(..., K)`` the lifter's depths ``z^GAN`` in the same frame.
+      depth_mask: ``(..., K)`` which depths count (default: ``visible``).
+
+    Returns:
+      ``(...)``.
+    """
+    sq = jnp.sum(jnp.where(visible[..., None] > 0, projected - target, 0.0) ** 2, axis=-1)
+    loss = jnp.sum(_masked(sq, visible), axis=-1)
+    if depth is not None and target_depth is not None:
+        m = visible if depth_mask is None else depth_mask
+        loss = loss + jnp.sum(_masked((depth - jnp.where(m > 0, target_depth, 0.0)) ** 2, m), axis=-1)
+    return loss
+
+
+def l_scale(segment_scales: Array, adjacency: Sequence[tuple[int, int]] | Array) -> Array:
+    """Segment-scaling smoothness, eq. (10): ``Σ_e (S_e − S_adj(e))²``.
+
+    Args:
+      segment_scales: ``(..., J)``.
+      adjacency: ``(E, 2)`` pairs of adjacent segments (each joint and its parent, see
+        :func:`bodyjax.body.segment_adjacency`).
+    """
+    adj = jnp.asarray(adjacency)
+    diff = segment_scales[..., adj[:, 0]] - segment_scales[..., adj[:, 1]]
+    return jnp.sum(diff ** 2, axis=-1)
+
+
+def l_angle(pose: Array, hinge_joints: Sequence[int], hinge_axes: Array,
+            joint_mask: Optional[Array] = None) -> Array:
+    """Joint-angle smoothness and hyper-extension limit, eq. (11).
+
+    ``Σ_{i∈J} ‖a_i‖² + Σ_{i∈J'} ‖exp(a_i)‖²``. The second term is written, as in the paper, as an
+    exponential that grows with rotations in the forbidden direction. With a hinge's flexion axis
+    ``n_i`` (positive angles bend the joint naturally), the rotation against the limit is
+    ``−a_i · n_i``, so the term is ``exp(−a_i · n_i)²``: about 1 at rest, vanishing as the joint
+    flexes, growing exponentially with hyper-extension.
+
+    Args:
+      pose: ``(..., J, 3)`` axis-angles (the root entry is ignored).
+      hinge_joints: indices ``J'`` of the elbows and knees.
+      hinge_axes: ``(J, 3)`` flexion axes (rows of the hinges are used).
+      joint_mask: optional ``(J,)`` weights of the smoothness term (default: all joints but the root).
+    """
+    if joint_mask is None:
+        joint_mask = jnp.ones(pose.shape[-2]).at[0].set(0.0)
+    smooth = jnp.sum(jnp.sum(pose ** 2, axis=-1) * joint_mask, axis=-1)
+    h = jnp.asarray(hinge_joints)
+    flexion = jnp.sum(pose[..., h, :] * jnp.asarray(hinge_axes)[h], axis=-1)
+    limit = jnp.sum(jnp.exp(-flexion) ** 2, axis=-1)
+    return smooth + limit
+
+
+def l_det(rotation: Array) -> Array:
+    """Transformation determinant loss, eq. (12): ``exp(−det R)`` of the raw ``(..., 3, 3)`` matrix.
+
+    Applied to the nine free numbers before Gram–Schmidt (after it the determinant is exactly ±1
+    and has no gradient), it keeps the optimised matrix away from reflections.
+    """
+    return jnp.exp(-jnp.linalg.det(rotation))
+
+
+def smooth_l1(x: Array, beta: float = 1.0) -> Array:
+    """Elementwise smooth L1 (Huber with threshold ``beta``), the robust penalty of eq. (14)."""
+    ax = jnp.abs(x)
+    return jnp.where(ax < beta, 0.5 * x ** 2 / beta, ax - 0.5 * beta)
+
+
+def l_regress(pred: Array, target: Array, mask: Optional[Array] = None, beta: float = 1.0) -> Array:
+    """Parameter regression loss, eq. (14): ``Σ smoothL1(θ − θ̄)`` over the last axis.
+
+    Args:
+      pred, target: ``(..., P)`` parameter vectors in a representation where differences are
+        meaningful (see :mod:`bodyjax.regressor` for the quaternion sign handling).
+      mask: optional ``(..., P)`` or ``(...)`` weights.
+    """
+    err = smooth_l1(pred - target, beta)
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        err = _masked(err, mask if mask.ndim == err.ndim else mask[..., None])
+    return jnp.sum(err, axis=-1)

@@ -1,0 +1,427 @@
+"""Tests for bodyjax.lifter (multi-view cGAN lifter, eq. 1-6) and bodyjax.skeletons."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bodyjax import lifter, skeletons
+
+COCO = skeletons.get_keypoint_set("coco17")
+J24 = skeletons.get_keypoint_set("joints24")
+# CPU-sized networks; a larger learning rate so that a few dozen steps show the joint loss at
+# work. Every training test uses SMALL and batches of 32 so that they share two compilations.
+SMALL = lifter.LifterHParams(hidden=64, learning_rate=1e-3)
+BATCH = 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers (NumPy, float64)
+
+
+def _base_coco_skeleton():
+    """A plausible standing coco17 skeleton (metres, y down, z away from the camera)."""
+    p = np.zeros((17, 3))
+    p[0] = [0.0, -0.65, -0.08]                   # nose
+    p[1], p[2] = [0.03, -0.68, -0.06], [-0.03, -0.68, -0.06]   # eyes (left is +x)
+    p[3], p[4] = [0.07, -0.66, 0.0], [-0.07, -0.66, 0.0]       # ears
+    p[5], p[6] = [0.18, -0.45, 0.0], [-0.18, -0.45, 0.0]       # shoulders
+    p[7], p[8] = [0.22, -0.18, 0.02], [-0.22, -0.18, 0.02]     # elbows
+    p[9], p[10] = [0.24, 0.06, -0.05], [-0.24, 0.06, -0.05]    # wrists
+    p[11], p[12] = [0.1, 0.05, 0.0], [-0.1, 0.05, 0.0]         # hips
+    p[13], p[14] = [0.11, 0.45, -0.02], [-0.11, 0.45, -0.02]   # knees
+    p[15], p[16] = [0.11, 0.85, 0.02], [-0.11, 0.85, 0.02]     # ankles
+    return p
+
+
+def _random_poses(rng, m, noise=0.08):
+    """(m, 17, 3) noisy, randomly yawed copies of the base skeleton."""
+    base = _base_coco_skeleton()
+    pts = base[None] + noise * rng.standard_normal((m, 17, 3))
+    phi = rng.uniform(-np.pi, np.pi, m)
+    c, s = np.cos(phi), np.sin(phi)
+    x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
+    return np.stack([c[:, None] * x + s[:, None] * z, y, -s[:, None] * x + c[:, None] * z], -1)
+
+
+def _np_rot_y(phi):
+    c, s = np.cos(phi), np.sin(phi)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _pixel_data(rng, m):
+    """Pixel-unit 2D keypoints, visibility and 3D targets (x_img, y_img, s*z) of m poses."""
+    pts = _random_poses(rng, m)
+    s = rng.uniform(150.0, 250.0, (m, 1, 1))
+    t = rng.uniform(100.0, 300.0, (m, 1, 2))
+    joints3d = s * pts + np.concatenate([t, np.zeros((m, 1, 1))], -1)
+    vis = np.ones((m, 17), np.float32)
+    return joints3d[..., :2].astype(np.float32), vis, joints3d.astype(np.float32)
+
+
+MEAN_RATIOS = np.asarray(skeletons.bone_ratios(jnp.asarray(_base_coco_skeleton()), COCO))
+
+
+def _count_dense(params):
+    mlp = params["mlp"]
+    dense = [k for k in mlp if k.startswith("Dense_")]
+    assert all(set(mlp[k]) == {"kernel", "bias"} for k in dense)
+    return len(dense), len(mlp)
+
+
+# ---------------------------------------------------------------------------------------------
+# skeletons
+
+
+def _swap_side(name):
+    for a, b in (("left_", "right_"), ("right_", "left_"), ("L_", "R_"), ("R_", "L_")):
+        if name.startswith(a):
+            return b + name[len(a):]
+    return name
+
+
+def _is_left(name):
+    return name.startswith("left_") or name.startswith("L_")
+
+
+def test_keypoint_sets_metadata():
+    for ks in (COCO, J24):
+        n = ks.num_keypoints
+        perm = np.asarray(ks.flip_permutation)
+        assert sorted(perm) == list(range(n)) and np.all(perm[perm] == np.arange(n))
+        for a, b in enumerate(perm):  # flip maps left names onto right names and back
+            assert ks.names[b] == _swap_side(ks.names[a])
+        for i, j in ks.symmetric_bones:  # mirror bone of a symmetric pair = flip of the other
+            (pa, ca), (pb, cb) = ks.bones[i], ks.bones[j]
+            assert (perm[pa], perm[ca]) == (pb, cb)
+            assert _is_left(ks.names[pa]) or _is_left(ks.names[ca])  # left bone first
+        bones = set(ks.bones)
+        assert all(0 <= p < n and 0 <= c < n for p, c in bones)
+        paired = {e for pair in ks.symmetric_bones for e in pair}
+        for e, (p, c) in enumerate(ks.bones):  # every unpaired bone is its own mirror (widths)
+            if e not in paired:
+                assert {perm[p], perm[c]} == {p, c}
+    assert len(J24.bones) == 23 and J24.root == (0,)
+    assert all(J24.bones[j - 1] == (skeletons.JOINTS24_PARENTS[j], j) for j in range(1, 24))
+    assert COCO.root == (11, 12) and COCO.trunk == ((5, 6), (11, 12))
+    assert skeletons.get_keypoint_set(COCO) is COCO
+    assert skeletons.keypoint_set_for(24) is J24
+    with pytest.raises(KeyError):
+        skeletons.get_keypoint_set("mpii")
+
+
+def test_root_point_visibility_fallback():
+    p = jnp.asarray(np.random.default_rng(0).standard_normal((17, 2)), jnp.float32)
+    vis = jnp.ones(17)
+    np.testing.assert_allclose(skeletons.root_point(p, COCO, vis), (p[11] + p[12]) / 2, atol=1e-6)
+    np.testing.assert_allclose(skeletons.root_point(p, COCO, vis.at[12].set(0)), p[11], atol=1e-6)
+    no_hips = vis.at[11].set(0).at[12].set(0)
+    np.testing.assert_allclose(skeletons.root_point(p, COCO, no_hips),
+                               p[np.asarray(no_hips) > 0].mean(0), atol=1e-6)
+    np.testing.assert_allclose(skeletons.root_point(p, COCO, jnp.zeros(17)), [0, 0], atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+
+
+def test_network_shapes_and_eight_dense_layers():
+    state = lifter.create_lifter_state(jax.random.PRNGKey(0), 17, SMALL)
+    g, d = state.generator, state.discriminator
+    assert _count_dense(g.params) == (8, 8)
+    assert _count_dense(d.params) == (8, 8)
+    kp = jnp.ones((4, 3, 17, 2))
+    vis = jnp.ones((4, 3, 17))
+    z = jax.jit(g.apply_fn)({"params": g.params}, kp, vis)
+    logit = jax.jit(d.apply_fn)({"params": d.params}, kp)
+    assert z.shape == (4, 3, 17) and z.dtype == jnp.float32
+    assert logit.shape == (4, 3) and logit.dtype == jnp.float32
+    assert g.params["mlp"]["Dense_0"]["kernel"].shape == (3 * 17, 64)  # coords + mask
+    assert d.params["mlp"]["Dense_0"]["kernel"].shape == (2 * 17, 64)
+    assert g.params["mlp"]["Dense_7"]["kernel"].shape == (64, 17)
+    assert d.params["mlp"]["Dense_7"]["kernel"].shape == (64, 1)
+    # Invisible keypoints are ignored: changing their coordinates does not change the output.
+    vis2 = vis.at[..., 3].set(0)
+    g_apply = jax.jit(g.apply_fn)
+    np.testing.assert_array_equal(g_apply({"params": g.params}, kp, vis2),
+                                  g_apply({"params": g.params}, kp.at[..., 3, :].set(7.0), vis2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation and projection
+
+
+@settings(max_examples=25, deadline=None)
+@given(phi=st.floats(-2 * np.pi, 2 * np.pi), seed=st.integers(0, 2**16))
+def test_rotate_about_vertical_matches_numpy(phi, seed):
+    pts = np.random.default_rng(seed).standard_normal((5, 17, 3))
+    expected = pts @ _np_rot_y(phi).T
+    got = lifter.rotate_about_vertical(jnp.asarray(pts, jnp.float32), phi)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_rotate_zero_and_half_turn():
+    pts = jnp.asarray(np.random.default_rng(1).standard_normal((3, 17, 3)), jnp.float32)
+    np.testing.assert_allclose(lifter.rotate_about_vertical(pts, 0.0), pts, atol=1e-7)
+    half = lifter.rotate_about_vertical(pts, np.pi)
+    np.testing.assert_allclose(half, pts * jnp.asarray([-1.0, 1.0, -1.0]), atol=1e-6)
+
+
+def test_normalize_keypoints2d_properties():
+    rng = np.random.default_rng(2)
+    kp, vis, _ = _pixel_data(rng, 6)
+    vis[0, 3] = 0
+    u, root, scale = lifter.normalize_keypoints2d(jnp.asarray(kp), jnp.asarray(vis))
+    u = np.asarray(u)
+    np.testing.assert_allclose(root, kp[:, 11:13].mean(1), atol=1e-3)
+    np.testing.assert_allclose((u[:, 11] + u[:, 12]) / 2, 0.0, atol=1e-6)
+    rms = np.sqrt((vis * (u ** 2).sum(-1)).sum(-1) / vis.sum(-1))
+    np.testing.assert_allclose(rms, 1.0, atol=1e-5)
+    assert np.all(u[0, 3] == 0)
+    u2, _, scale2 = lifter.normalize_keypoints2d(jnp.asarray(3.0 * kp + 17.0), jnp.asarray(vis))
+    np.testing.assert_allclose(u2, u, atol=1e-5)
+    np.testing.assert_allclose(scale2, 3.0 * scale, rtol=1e-5)
+
+
+def test_project_views_zero_angle_and_half_turn():
+    rng = np.random.default_rng(3)
+    kp, vis, joints3d = _pixel_data(rng, 4)
+    vis[1, 9] = 0
+    p3 = lifter.normalize_joints3d(jnp.asarray(joints3d), jnp.asarray(kp), jnp.asarray(vis))
+    u, _, _ = lifter.normalize_keypoints2d(jnp.asarray(kp), jnp.asarray(vis))
+    np.testing.assert_allclose(p3[..., :2], u, atol=1e-5)  # same frame as the 2D input
+    views = jax.jit(lifter.project_views)(p3, jnp.asarray(vis),
+                                          jnp.deg2rad(jnp.asarray([0.0, 180.0, 90.0])))
+    assert views.shape == (4, 3, 17, 2)
+    np.testing.assert_allclose(views[:, 0], u, atol=1e-5)
+    np.testing.assert_allclose(views[:, 1], u * jnp.asarray([-1.0, 1.0]), atol=1e-5)
+    # 90 degrees: x' = z, renormalised to RMS 1; invisible keypoints stay 0.
+    z = np.asarray(p3[..., 2])
+    x90 = np.asarray(views[:, 2])
+    ref = np.stack([z, np.asarray(p3[..., 1])], -1)
+    ref /= np.sqrt((vis * (ref ** 2).sum(-1)).sum(-1) / vis.sum(-1))[:, None, None]
+    np.testing.assert_allclose(x90, ref, atol=1e-4)
+    assert np.all(np.asarray(views[1, :, 9]) == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometric losses
+
+
+@pytest.mark.parametrize("k", [0.01, 1.0, 250.0])
+def test_l_ratio_zero_for_average_proportions_at_any_scale(k):
+    base = _base_coco_skeleton()
+    pts = k * base @ _np_rot_y(0.7).T + np.array([3.0, -2.0, 5.0])
+    vis = jnp.ones(17)
+    assert float(lifter.l_ratio(jnp.asarray(pts, jnp.float32), vis, MEAN_RATIOS)) < 1e-6
+    other = _random_poses(np.random.default_rng(4), 1, noise=0.1)[0]
+    assert float(lifter.l_ratio(jnp.asarray(k * other, jnp.float32), vis, MEAN_RATIOS)) > 1e-3
+
+
+def test_l_ratio_matches_numpy_and_masks():
+    pts = _random_poses(np.random.default_rng(5), 3)
+    vis = np.ones((3, 17))
+    vis[1, 7] = 0   # hides bones 0 (5->7) and 2 (7->9)
+    vis[2, 11] = 0  # trunk invisible -> 0
+    b = np.array(COCO.bones)
+    lengths = np.linalg.norm(pts[:, b[:, 1]] - pts[:, b[:, 0]], axis=-1)
+    trunk = np.linalg.norm(pts[:, 5:7].mean(1) - pts[:, 11:13].mean(1), axis=-1)
+    per_bone = (lengths / trunk[:, None] - MEAN_RATIOS) ** 2
+    expected = np.array([per_bone[0].sum(), np.delete(per_bone[1], [0, 2]).sum(), 0.0])
+    got = lifter.l_ratio(jnp.asarray(pts, jnp.float32), jnp.asarray(vis), MEAN_RATIOS)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def _symmetric(pts, ks):
+    mirrored = pts[..., list(ks.flip_permutation), :] * np.array([-1.0, 1.0, 1.0])
+    return (pts + mirrored) / 2
+
+
+@pytest.mark.parametrize("ks", [COCO, J24], ids=lambda k: k.name)
+def test_l_sym_zero_iff_symmetric(ks):
+    rng = np.random.default_rng(6)
+    pts = rng.standard_normal((4, ks.num_keypoints, 3))
+    sym = _symmetric(pts, ks)
+    vis = jnp.ones((4, ks.num_keypoints))
+    np.testing.assert_allclose(lifter.l_sym(jnp.asarray(sym, jnp.float32), vis, ks), 0, atol=1e-9)
+    # Reference eq. 4 on the asymmetric skeleton.
+    b = np.array(ks.bones)
+    lengths = np.linalg.norm(pts[:, b[:, 1]] - pts[:, b[:, 0]], axis=-1)
+    s = np.array(ks.symmetric_bones)
+    expected = ((lengths[:, s[:, 0]] - lengths[:, s[:, 1]]) ** 2).sum(-1)
+    got = lifter.l_sym(jnp.asarray(pts, jnp.float32), vis, ks)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert np.all(np.asarray(got) > 0)
+    # Stretching one left limb breaks symmetry.
+    bent = sym.copy()
+    bent[:, ks.bones[ks.symmetric_bones[0][0]][1]] *= 1.5
+    assert np.all(np.asarray(lifter.l_sym(jnp.asarray(bent, jnp.float32), vis, ks)) > 1e-4)
+
+
+def test_geometric_losses_finite_gradients():
+    # Rows: a random pose with one hidden keypoint, an all-zero pose, an all-zero invisible pose.
+    pts = jnp.asarray(_random_poses(np.random.default_rng(7), 3), jnp.float32).at[1:].set(0.0)
+    vis = jnp.ones((3, 17)).at[0, 5].set(0).at[2].set(0)
+    targets = pts + 0.1
+
+    @jax.jit
+    def grads(q):
+        def total(q):
+            return jnp.sum(lifter.l_ratio(q, vis, MEAN_RATIOS) + lifter.l_sym(q, vis)
+                           + lifter.l_joint(q, targets, vis))
+
+        def views(q):  # the projection's renormalisation is safe at zero too
+            return jnp.sum(lifter.project_views(q, vis, jnp.ones(2)))
+        return jax.grad(total)(q), jax.grad(views)(q)
+
+    for g in grads(pts):
+        assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_joint_weight_schedule():
+    mus = np.array([float(lifter.joint_weight_schedule(s, 11)) for s in range(11)])
+    np.testing.assert_allclose(mus[[0, 5, 10]], [100.0, 10.0, 1.0], rtol=1e-5)
+    assert np.all(np.diff(mus) < 0)
+    np.testing.assert_allclose(float(lifter.joint_weight_schedule(20, 11)), 1.0, rtol=1e-6)
+    lin = float(lifter.joint_weight_schedule(5, 11, kind="linear"))
+    np.testing.assert_allclose(lin, 50.5, rtol=1e-6)
+
+
+def test_adversarial_losses():
+    logits = jnp.asarray([-2.0, 0.0, 3.0])
+    p = jax.nn.sigmoid(logits)
+    np.testing.assert_allclose(lifter.generator_adversarial_loss(logits),
+                               np.mean(-np.log(p)), rtol=1e-5)
+    np.testing.assert_allclose(lifter.generator_adversarial_loss(logits, "minimax"),
+                               np.mean(np.log(1 - p)), rtol=1e-5)
+    np.testing.assert_allclose(lifter.discriminator_loss(logits, -logits),
+                               2 * np.mean(-np.log(p)), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _batch(m=BATCH, seed=8, with_joints=False):
+    kp, vis, joints3d = _pixel_data(np.random.default_rng(seed), m)
+    vis[0, 4] = 0
+    batch = dict(keypoints2d=jnp.asarray(kp), visibility=jnp.asarray(vis))
+    if with_joints:
+        batch["joints3d"] = jnp.asarray(joints3d)
+        batch["joints3d_mask"] = jnp.ones(m).at[1].set(0)
+    return batch
+
+
+def test_train_step_updates_and_is_deterministic():
+    batch = _batch()  # round 1: no 3D targets
+    outs = []
+    for _ in range(2):
+        state = lifter.create_lifter_state(jax.random.PRNGKey(1), 17, SMALL)
+        new, metrics = lifter.train_step(state, batch, jax.random.PRNGKey(2), 10.0,
+                                         mean_ratios=MEAN_RATIOS, hparams=SMALL)
+        outs.append((state, new, metrics))
+    (state, new, metrics), (_, new2, _) = outs
+    for k in ("loss_g", "loss_d", "adv_g", "ratio", "sym", "joint"):
+        assert np.isfinite(float(metrics[k])), k
+    assert float(metrics["joint"]) == 0 and float(metrics["mu"]) == 10.0
+    for old, upd in ((state.generator.params, new.generator.params),
+                     (state.discriminator.params, new.discriminator.params)):
+        diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+            lambda a, b: float(jnp.max(jnp.abs(a - b))), old, upd))
+        assert all(d > 0 for d in diffs)
+    assert int(new.generator.step) == 1 and int(new.discriminator.step) == 1
+    chex_equal = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                        (new.generator.params, new.discriminator.params),
+                                        (new2.generator.params, new2.discriminator.params))
+    assert all(jax.tree_util.tree_leaves(chex_equal))
+
+
+def test_train_lifter_joint_loss_pulls_towards_targets():
+    rng = np.random.default_rng(9)
+    kp, vis, joints3d = _pixel_data(rng, 64)
+    hp = SMALL
+    ks = COCO
+
+    def depth_error(state):
+        pred = np.asarray(lifter.predict_depths(state, kp, vis))
+        root = joints3d[:, 11:13, 2].mean(1, keepdims=True)
+        _, _, scale = lifter.normalize_keypoints2d(jnp.asarray(kp), jnp.asarray(vis))
+        rel = (pred - (joints3d[..., 2] - root)) / np.asarray(scale)[:, None]
+        return float(np.sqrt(np.mean(rel ** 2)))  # RMS depth error in normalised units
+
+    init = lifter.create_lifter_state(jax.random.PRNGKey(3), 17, hp)
+    err0 = depth_error(init)
+    results = {}
+    for mu in (0.0, 100.0):
+        state, hist = lifter.train_lifter(
+            init, kp, vis, jax.random.PRNGKey(4), num_epochs=15, batch_size=BATCH,
+            mean_ratios=MEAN_RATIOS, keypoint_set=ks, hparams=hp, joints3d=joints3d, mu=mu)
+        assert len(hist["loss_g"]) == 15 and np.all(np.isfinite(hist["loss_g"]))
+        results[mu] = (depth_error(state), hist)
+    err_mu0, err_mu = results[0.0][0], results[100.0][0]
+    assert err_mu < 0.5 * err0, (err0, err_mu)
+    assert err_mu < 0.5 * err_mu0, (err_mu0, err_mu)
+    joint_hist = results[100.0][1]["joint"]
+    assert joint_hist[-1] < 0.5 * joint_hist[0]
+
+
+def test_train_lifter_deterministic_schedule_and_progress():
+    kp, vis, joints3d = _pixel_data(np.random.default_rng(10), 2 * BATCH + 5)
+    mask = np.ones(len(kp), np.float32)
+    mask[::3] = 0
+    seen = []
+    kwargs = dict(num_epochs=2, batch_size=BATCH, mean_ratios=MEAN_RATIOS, hparams=SMALL,
+                  joints3d=joints3d, joints3d_mask=mask)
+    init = lifter.create_lifter_state(jax.random.PRNGKey(5), 17, SMALL)
+    s1, h1 = lifter.train_lifter(init, kp, vis, jax.random.PRNGKey(6),
+                                 progress=lambda e, m: seen.append((e, m["loss_g"])), **kwargs)
+    s2, h2 = lifter.train_lifter(init, kp, vis, jax.random.PRNGKey(6), **kwargs)
+    assert [e for e, _ in seen] == [0, 1]
+    assert h1 == h2
+    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.array_equal(a, b)), s1.generator.params, s2.generator.params)))
+    assert int(s1.generator.step) == 4  # 2 epochs x floor(69 / 32) steps
+    # mu decays geometrically over the 4 steps: epoch means of (100, 100^(2/3)) and (100^(1/3), 1).
+    np.testing.assert_allclose(h1["mu"], [(100 + 100 ** (2 / 3)) / 2, (100 ** (1 / 3) + 1) / 2],
+                               rtol=1e-5)
+    _, h3 = lifter.train_lifter(init, kp, vis, jax.random.PRNGKey(6), num_epochs=1,
+                                batch_size=BATCH, mean_ratios=MEAN_RATIOS, hparams=SMALL)
+    assert h3["mu"] == [0.0] and h3["joint"] == [0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+def test_predict_depths_undoes_normalisation():
+    kp, vis, _ = _pixel_data(np.random.default_rng(11), 5)
+    vis[2, 15] = 0
+    state = lifter.create_lifter_state(jax.random.PRNGKey(7), 17, SMALL)
+    d = np.asarray(lifter.predict_depths(state, kp, vis))
+    assert d.shape == (5, 17) and d.dtype == np.float32
+    np.testing.assert_allclose(lifter.predict_depths(state, 2.5 * kp, vis), 2.5 * d,
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(lifter.predict_depths(state, kp + np.float32(123.0), vis), d,
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(d[:, 11:13].mean(1), 0.0, atol=1e-3)  # root-relative
+    assert d[2, 15] == 0
+    p3 = np.asarray(lifter.lift(state, kp, vis))
+    assert p3.shape == (5, 17, 3)
+    np.testing.assert_allclose(p3[..., 2], d, atol=1e-5)
+    np.testing.assert_allclose(p3[..., :2] + kp[:, 11:13].mean(1, keepdims=True),
+                               kp * vis[..., None] + (1 - vis[..., None]) * kp[:, 11:13].mean(
+                                   1, keepdims=True), atol=1e-3)
+
+
+def test_predict_depths_matches_normalised_targets():
+    """A generator that outputs the normalised targets' depths gives back their pixel depths."""
+    kp, vis, joints3d = _pixel_data(np.random.default_rng(12), 3)
+    state = lifter.create_lifter_state(jax.random.PRNGKey(8), 17, SMALL)
+    targets = lifter.normalize_joints3d(jnp.asarray(joints3d), jnp.asarray(kp), jnp.asarray(vis))
+    fixed = state.generator.replace(apply_fn=lambda variables, u, v: targets[..., 2])
+    state = state.replace(generator=fixed)
+    d = lifter.predict_depths(state, kp, vis)
+    root = joints3d[:, 11:13, 2].mean(1, keepdims=True)
+    np.testing.assert_allclose(d, joints3d[..., 2] - root, rtol=1e-4, atol=1e-2)
