@@ -87,7 +87,9 @@ class LifterHParams:
       adversarial_loss: ``'non_saturating'`` (``-log D(fake)``) or ``'minimax'`` (eq. 1 literally).
       negative_slope: leaky-ReLU slope.
       angle_jitter_deg: optional uniform jitter (+-) added per example to every view angle, drawn
-        from the step's rng; 0 (default) uses exactly ``angles_deg``.
+        from the step's rng; 0 (default) uses exactly ``angles_deg``. ``angles_deg=(180.0,)`` with
+        ``angle_jitter_deg=180.0`` gives one uniformly random angle per example.
+      ratio_weight, sym_weight: weights of eq. 3 and eq. 4 in eq. 6 (1 in the paper; 0 ablates).
     """
 
     hidden: int = 1024
@@ -105,6 +107,8 @@ class LifterHParams:
     adversarial_loss: str = "non_saturating"
     negative_slope: float = 0.2
     angle_jitter_deg: float = 0.0
+    ratio_weight: float = 1.0
+    sym_weight: float = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +511,8 @@ def _step(state: LifterState, batch: Mapping[str, Array], rng: Array, mu: Array,
             joint = jnp.sum(jmask * l_joint(p3, targets, vis)) / jnp.maximum(jnp.sum(jmask), 1.0)
         else:
             joint = jnp.zeros((), jnp.float32)
-        total = hp.epsilon * adv + ratio + sym + mu * joint
+        total = (hp.epsilon * adv + hp.ratio_weight * ratio + hp.sym_weight * sym
+                 + mu * joint)
         return total, dict(adv_g=adv, ratio=ratio, sym=sym, joint=joint)
 
     (loss_g, parts), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.generator.params)

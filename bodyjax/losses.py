@@ -73,7 +73,9 @@ def l_keypoints(projected: Array, target: Array, visible: Array,
     loss = jnp.sum(_masked(sq, visible), axis=-1)
     if depth is not None and target_depth is not None:
         m = visible if depth_mask is None else depth_mask
-        loss = loss + jnp.sum(_masked((depth - jnp.where(m > 0, target_depth, 0.0)) ** 2, m), axis=-1)
+        # Mask the difference before squaring: a NaN under a zero mask must not reach the gradient.
+        dz = jnp.where(m > 0, depth - target_depth, 0.0)
+        loss = loss + jnp.sum(_masked(dz ** 2, m), axis=-1)
     return loss
 
 
@@ -138,8 +140,11 @@ def l_regress(pred: Array, target: Array, mask: Optional[Array] = None, beta: fl
         meaningful (see :mod:`bodyjax.regressor` for the quaternion sign handling).
       mask: optional ``(..., P)`` or ``(...)`` weights.
     """
-    err = smooth_l1(pred - target, beta)
-    if mask is not None:
-        mask = jnp.asarray(mask)
-        err = _masked(err, mask if mask.ndim == err.ndim else mask[..., None])
-    return jnp.sum(err, axis=-1)
+    diff = pred - target
+    if mask is None:
+        return jnp.sum(smooth_l1(diff, beta), axis=-1)
+    mask = jnp.asarray(mask)
+    mask = mask if mask.ndim == diff.ndim else mask[..., None]
+    # Mask the difference before the penalty: a NaN under a zero mask must not reach the gradient.
+    err = smooth_l1(jnp.where(mask > 0, diff, 0.0), beta)
+    return jnp.sum(_masked(err, mask), axis=-1)

@@ -1,0 +1,319 @@
+"""Evaluates the multi-view cGAN lifter (appendix section 2) on the synthetic data set.
+
+    python tools/eval_lifter.py --train 4000 --test 500 --epochs 40 --width 256 --seed 0 \
+        [--ablation all] [--round2-epochs 20 --noise-mm 30] [--cache /tmp/lifter_data]
+
+Data. The train and test splits are samples ``0 .. n-1`` of :func:`bodyjax.data.synthetic.generate`
+with the default :class:`~bodyjax.data.synthetic.SyntheticConfig` (128-pixel images, coco17
+keypoints) and the data-set seeds ``1000 * seed + 1`` (train) and ``1000 * seed + 2`` (test), so the
+splits never share a person. The images are rendered (about 7 ms per sample on one core) because the
+keypoint visibility rule of the data set (:func:`~bodyjax.data.synthetic.keypoint_visibility`) needs
+the z-buffer; only the 2D keypoints, their visibility and the ground-truth parameters are kept.
+The ground-truth 3D keypoints are ``body.forward(template, gt_params).keypoints`` (camera frame,
+metres); the 2D keypoints of the record are checked to be their weak-perspective projection.
+``--all-visible`` ignores the visibility rule (every keypoint visible, train and test).
+
+Training. Round 1 sees the training split's 2D keypoints and visibilities ONLY (no 3D, no
+parameters): eq. 1-4, eq. 6 with ``mu = 0``. The average skeleton of eq. 3 is the template's rest
+pose (segment scales 1), not the data. Ablations (``--ablation geo|views|all``): ``no-geo`` drops
+eq. 3 and eq. 4 (``ratio_weight = sym_weight = 0``); ``one-view`` replaces the 7 angles by one
+uniformly random angle per example and step (``angles_deg=(180,)``, ``angle_jitter_deg=180``).
+Round 2 (unless ``--round2-epochs 0``) continues the round-1 state with eq. 5 switched on; its 3D
+targets are a STAND-IN for the registration output: the ground-truth 3D keypoints plus isotropic
+Gaussian noise of ``--noise-mm`` per coordinate (metres, then weak-perspective ``(s x + t, s z)``
+like :func:`bodyjax.lifter.weak_perspective_joints3d`), ``mu`` decaying from 100 to 1.
+
+Metrics (test split, visible keypoints only). Both skeletons are centred at the lifter's root (the
+hip midpoint over the visible hips, :func:`bodyjax.skeletons.root_point`). The lifted pose comes out
+in pixels; it is put in metres by the paper's protocol: scaled about the root so that its bone-length
+sum equals the ground-truth skeleton's (the coco17 bones of :mod:`bodyjax.skeletons`, over the bones
+whose two ends are visible; with every keypoint visible this is exactly
+:func:`bodyjax.metrics.mpjpe_rescaled` with that bone set), then compared with the ground truth:
+MPJPE (mm). PA-MPJPE is :func:`bodyjax.metrics.pa_mpjpe` (similarity Procrustes, proper rotations
+only, so a depth mirror is NOT forgiven). The flat baseline is the 2D keypoints with ``z = 0`` put
+through the same steps. Diagnostics: "up to sign" is the per-sample minimum over ``z`` and ``-z`` of
+the rescaled MPJPE; "flip" is the fraction of samples where ``-z`` is the better one, split by
+whether the person faces the camera (their front, ``R @ (0, 0, -1)``, has ``z < 0``) or not.
+
+Everything runs on the CPU unless ``JAX_PLATFORMS`` says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bodyjax import body, lifter, metrics, skeletons  # noqa: E402
+from bodyjax.data import synthetic  # noqa: E402
+
+KS = skeletons.COCO17
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def make_data(template: body.BodyTemplate, seed: int, num: int,
+              cfg: synthetic.SyntheticConfig = synthetic.SyntheticConfig()) -> dict:
+    """Samples ``0 .. num-1`` of data-set seed ``seed``: 2D keypoints, visibility, ground truth.
+
+    Returns:
+      dict of NumPy arrays: ``keypoints2d (num, 17, 2)`` pixels, ``visibility (num, 17)``,
+      ``keypoints3d (num, 17, 3)`` camera frame (metres, not root-centred), ``scale (num,)``,
+      ``translation (num, 2)``, ``front_z (num,)`` (z of the person's front direction; < 0: facing
+      the camera).
+    """
+    kp, vis, pose, seg, rot, s, t = [], [], [], [], [], [], []
+    for sample in synthetic.generate(template, cfg, seed=seed, num_samples=num):
+        kp.append(sample["keypoints"])
+        vis.append(sample["keypoint_visible"])
+        pose.append(sample["gt_pose"])
+        seg.append(sample["gt_segment_scales"])
+        rot.append(sample["gt_rotation"])
+        s.append(sample["gt_scale"])
+        t.append(sample["gt_translation"])
+    params = dict(pose=np.stack(pose), segment_scales=np.stack(seg), rotation=np.stack(rot),
+                  scale=np.stack(s), translation=np.stack(t))
+    fwd = jax.jit(body.forward)
+    kp3 = []
+    chunk = 128
+    for lo in range(0, num, chunk):
+        idx = np.arange(lo, lo + chunk) % num  # fixed chunk shape: one compilation
+        p = body.BodyParams(**{k: jnp.asarray(v[idx]) for k, v in params.items()})
+        kp3.append(np.asarray(fwd(template, p).keypoints)[: min(chunk, num - lo)])
+    kp3 = np.concatenate(kp3)
+    kp2d = np.stack(kp)
+    reproj = params["scale"][:, None, None] * kp3[..., :2] + params["translation"][:, None, :]
+    err = float(np.max(np.abs(reproj - kp2d)))
+    if err > 1e-2:
+        raise RuntimeError(f"record keypoints are not the projection of the 3D keypoints ({err} px)")
+    front = np.einsum("nij,j->ni", params["rotation"], np.array([0.0, 0.0, -1.0], np.float32))
+    return dict(keypoints2d=kp2d.astype(np.float32), visibility=np.stack(vis).astype(np.float32),
+                keypoints3d=kp3.astype(np.float32), scale=params["scale"].astype(np.float32),
+                translation=params["translation"].astype(np.float32),
+                front_z=front[:, 2].astype(np.float32))
+
+
+def load_or_make(template, seed, num, cache=None) -> dict:
+    """:func:`make_data`, memoised in ``cache/seed{seed}_n{num}.npz`` when ``cache`` is given."""
+    if cache:
+        path = os.path.join(cache, f"seed{seed}_n{num}.npz")
+        if os.path.exists(path):
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        os.makedirs(cache, exist_ok=True)
+    data = make_data(template, seed, num)
+    if cache:
+        np.savez(path, **data)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _visible_bone_sum(points, vis):
+    lengths = skeletons.bone_lengths(points, KS)
+    return jnp.sum(skeletons.bone_visibility(vis, KS) * lengths, axis=-1)
+
+
+@jax.jit
+def _errors(pred, gt, vis):
+    """Per-sample rescaled MPJPE and PA-MPJPE (input units of ``gt``), ``(M,)`` each.
+
+    ``pred`` and ``gt`` are ``(M, 17, 3)`` centred at the same (visible) root; ``vis (M, 17)``.
+    """
+    ref = _visible_bone_sum(gt, vis)
+    cur = _visible_bone_sum(pred, vis)
+    factor = jnp.where(cur > 0, ref / jnp.where(cur > 0, cur, 1.0), 1.0)
+    rescaled = factor[:, None, None] * pred
+    mpjpe = metrics.mpjpe(rescaled, gt, vis, root=None)
+    pa = metrics.pa_mpjpe(pred, gt, vis)
+    return mpjpe, pa
+
+
+def ground_truth_centred(data: dict) -> np.ndarray:
+    """``(M, 17, 3)`` ground-truth keypoints (metres) minus the lifter's (visible) root."""
+    gt = jnp.asarray(data["keypoints3d"])
+    root = skeletons.root_point(gt, KS, jnp.asarray(data["visibility"]))
+    return gt - root[:, None, :]
+
+
+def evaluate(pred: np.ndarray, data: dict) -> dict:
+    """Headline and diagnostic errors (mm) of root-centred predictions ``(M, 17, 3)`` (any units)."""
+    gt = ground_truth_centred(data)
+    vis = jnp.asarray(data["visibility"])
+    pred = jnp.asarray(pred)
+    mp, pa = _errors(pred, gt, vis)
+    mp_f, pa_f = _errors(pred * jnp.asarray([1.0, 1.0, -1.0]), gt, vis)
+    mp, pa, mp_f, pa_f = (1000.0 * np.asarray(x, np.float64) for x in (mp, pa, mp_f, pa_f))
+    w = np.asarray(jnp.sum(vis, axis=-1), np.float64)  # weight samples by their visible joints
+    mean = lambda x: float(np.sum(w * x) / np.sum(w))  # noqa: E731
+    flipped = mp_f < mp
+    facing = np.asarray(data["front_z"]) < 0
+    return dict(mpjpe=mean(mp), pa_mpjpe=mean(pa), mpjpe_sign=mean(np.minimum(mp, mp_f)),
+                pa_sign=mean(np.minimum(pa, pa_f)), flip=float(np.mean(flipped)),
+                flip_facing=float(np.mean(flipped[facing])) if facing.any() else float("nan"),
+                flip_away=float(np.mean(flipped[~facing])) if (~facing).any() else float("nan"))
+
+
+def flat_baseline(data: dict) -> np.ndarray:
+    """The 2D keypoints (pixels) minus the lifter's 2D root, with ``z = 0``, invisible ones zeroed."""
+    kp = jnp.asarray(data["keypoints2d"])
+    vis = jnp.asarray(data["visibility"])
+    xy = (kp - skeletons.root_point(kp, KS, vis)[:, None, :]) * vis[..., None]
+    return np.asarray(jnp.concatenate([xy, jnp.zeros_like(xy[..., :1])], axis=-1))
+
+
+def noisy_targets(data: dict, noise_mm: float, seed: int) -> np.ndarray:
+    """Stand-in registration output: GT 3D keypoints + N(0, noise) per coordinate, pixel units."""
+    rng = np.random.default_rng(seed)
+    kp3 = data["keypoints3d"] + rng.normal(0.0, noise_mm / 1000.0, data["keypoints3d"].shape)
+    return np.asarray(lifter.weak_perspective_joints3d(
+        jnp.asarray(kp3, jnp.float32), jnp.asarray(data["scale"]), jnp.asarray(data["translation"])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def train(name: str, hp: lifter.LifterHParams, train_data: dict, mean_ratios, epochs: int,
+          batch: int, seed: int, state=None, joints3d=None, log_every: int = 10):
+    """Trains (or continues) a lifter; returns ``(state, history, seconds)``."""
+    if state is None:
+        state = lifter.create_lifter_state(jax.random.PRNGKey(seed), KS.num_keypoints, hp)
+    t0 = time.time()
+
+    def progress(epoch, m):
+        if (epoch + 1) % log_every == 0 or epoch == 0 or epoch + 1 == epochs:
+            print(f"  [{name}] epoch {epoch + 1:3d}/{epochs}  D(real) {m['d_real']:.3f}  "
+                  f"D(fake) {m['d_fake']:.3f}  adv_g {m['adv_g']:.3f}  ratio {m['ratio']:.4f}  "
+                  f"sym {m['sym']:.4f}  joint {m['joint']:.4f}  mu {m['mu']:.1f}  "
+                  f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    state, hist = lifter.train_lifter(
+        state, train_data["keypoints2d"], train_data["visibility"],
+        jax.random.PRNGKey(seed + 7919), num_epochs=epochs, batch_size=batch,
+        mean_ratios=mean_ratios, keypoint_set=KS, hparams=hp, joints3d=joints3d,
+        progress=progress)
+    return state, hist, time.time() - t0
+
+
+def predict(state, data: dict) -> np.ndarray:
+    return np.asarray(lifter.lift(state, data["keypoints2d"], data["visibility"], KS))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt_row(name, r, base):
+    rel = 100.0 * (1.0 - r["mpjpe"] / base["mpjpe"])
+    rel_pa = 100.0 * (1.0 - r["pa_mpjpe"] / base["pa_mpjpe"])
+    return (f"| {name:<34} | {r['mpjpe']:7.1f} | {r['pa_mpjpe']:7.1f} | {rel:+6.1f}% | "
+            f"{rel_pa:+6.1f}% | {r['mpjpe_sign']:7.1f} | {r['pa_sign']:7.1f} | {r['flip']:5.2f} | "
+            f"{r['flip_facing']:5.2f} / {r['flip_away']:5.2f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=4000)
+    parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablation", choices=("none", "geo", "views", "all"), default="none")
+    parser.add_argument("--round2-epochs", type=int, default=None,
+                        help="round-2 epochs (default: --epochs; 0 skips round 2)")
+    parser.add_argument("--noise-mm", type=float, default=30.0,
+                        help="std of the noise on the stand-in 3D targets of round 2, per coordinate")
+    parser.add_argument("--all-visible", action="store_true",
+                        help="ignore the data set's visibility rule (every keypoint visible)")
+    parser.add_argument("--cache", default=None, help="folder to memoise the generated splits")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    round2_epochs = args.epochs if args.round2_epochs is None else args.round2_epochs
+
+    t_start = time.time()
+    template = body.default_template("coco17")
+    tr = load_or_make(template, 1000 * args.seed + 1, args.train, args.cache)
+    te = load_or_make(template, 1000 * args.seed + 2, args.test, args.cache)
+    if args.all_visible:
+        for d in (tr, te):
+            d["visibility"] = np.ones_like(d["visibility"])
+    t_data = time.time() - t_start
+    rest = body.forward(template, body.rest_params(template)).keypoints
+    mean_ratios = np.asarray(skeletons.bone_ratios(rest, KS))
+    print(f"data: train {args.train}, test {args.test} ({t_data:.0f} s); visible keypoints "
+          f"{100 * tr['visibility'].mean():.1f}% train, {100 * te['visibility'].mean():.1f}% test; "
+          f"all 17 visible in {100 * (te['visibility'].min(1) > 0).mean():.1f}% of test samples",
+          flush=True)
+
+    hp = lifter.LifterHParams(hidden=args.width, learning_rate=args.lr, batch_size=args.batch,
+                              num_epochs=args.epochs)
+    runs = [("round 1 (adv + ratio + sym, 7 views)", hp)]
+    if args.ablation in ("geo", "all"):
+        runs.append(("  ablation: no l_ratio / l_sym",
+                     dataclasses.replace(hp, ratio_weight=0.0, sym_weight=0.0)))
+    if args.ablation in ("views", "all"):
+        runs.append(("  ablation: 1 random view / example",
+                     dataclasses.replace(hp, angles_deg=(180.0,), angle_jitter_deg=180.0)))
+
+    base = evaluate(flat_baseline(te), te)
+    rows = [("flat baseline (z = 0)", base)]
+    times = {}
+    states = {}
+    for name, h in runs:
+        state, hist, sec = train(name.strip(), h, tr, mean_ratios, args.epochs, args.batch,
+                                 args.seed)
+        states[name] = state
+        times[name] = sec
+        rows.append((name, evaluate(predict(state, te), te)))
+        print(f"{name.strip()}: {sec:.0f} s, {rows[-1][1]}", flush=True)
+
+    if round2_epochs > 0:
+        targets = noisy_targets(tr, args.noise_mm, args.seed + 4242)
+        # The targets themselves, put through the same protocol (their x, y are noisy too).
+        tgt_te = noisy_targets(te, args.noise_mm, args.seed + 4243)
+        root = skeletons.root_point(jnp.asarray(tgt_te), KS, jnp.asarray(te["visibility"]))
+        tgt_pred = (tgt_te - np.asarray(root)[:, None, :]) * te["visibility"][..., None]
+        rows.append((f"  (stand-in targets: GT + {args.noise_mm:g} mm)", evaluate(tgt_pred, te)))
+        name = f"round 2 (+ joint loss, {round2_epochs} ep)"
+        state, hist, sec = train("round 2", hp, tr, mean_ratios, round2_epochs, args.batch,
+                                 args.seed + 1, state=states[runs[0][0]], joints3d=targets)
+        times[name] = sec
+        rows.append((name, evaluate(predict(state, te), te)))
+        print(f"round 2: {sec:.0f} s, {rows[-1][1]}", flush=True)
+
+    print()
+    print(f"Conditions: train {args.train}, test {args.test}, epochs {args.epochs} (round 2: "
+          f"{round2_epochs}), width {args.width}, batch {args.batch}, lr {args.lr:g}, seed "
+          f"{args.seed}, visibility {'all' if args.all_visible else 'data set rule'}, backend "
+          f"{jax.default_backend()}, total {time.time() - t_start:.0f} s")
+    print("| method                             | MPJPE   | PA-MPJPE| MPJPE vs| PA vs   | MPJPE   |"
+          " PA      | flip  | flip          |")
+    print("|                                    | resc. mm| mm      | flat    | flat    | up to ±z|"
+          " up to ±z| rate  | facing / away |")
+    print("|" + "|".join("-" * n for n in (36, 9, 9, 9, 9, 9, 9, 7, 15)) + "|")
+    for name, r in rows:
+        print(_fmt_row(name, r, base))
+    for name, sec in times.items():
+        print(f"time: {name.strip()}: {sec:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(args=vars(args), rows=rows, times=times), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
