@@ -90,6 +90,8 @@ class LifterHParams:
         from the step's rng; 0 (default) uses exactly ``angles_deg``. ``angles_deg=(180.0,)`` with
         ``angle_jitter_deg=180.0`` gives one uniformly random angle per example.
       ratio_weight, sym_weight: weights of eq. 3 and eq. 4 in eq. 6 (1 in the paper; 0 ablates).
+      knee_weight: weight of the knee-direction prior :func:`l_knee` added to eq. 6 (NOT in the
+        paper, hence 0 by default; see the module docstring, "Known limitation").
     """
 
     hidden: int = 1024
@@ -109,6 +111,7 @@ class LifterHParams:
     angle_jitter_deg: float = 0.0
     ratio_weight: float = 1.0
     sym_weight: float = 1.0
+    knee_weight: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +411,61 @@ def l_sym(points3d: Array, visibility: Array, keypoint_set: KeypointSetLike = No
     return jnp.sum(w * jnp.square(lengths[..., left] - lengths[..., right]), axis=-1)
 
 
+# (hip, knee, ankle) of the left and the right leg, by keypoint name, per keypoint set.
+_KNEE_NAMES = {
+    "coco17": (("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle")),
+    "joints24": (("L_hip", "L_knee", "L_ankle"), ("R_hip", "R_knee", "R_ankle")),
+}
+
+
+def knee_direction(points3d: Array, keypoint_set: KeypointSetLike = None) -> Array:
+    """Signed, scale-free knee bend ``((k - h) x (a - k)) . (h_L - h_R) / (|k - h| |a - k| |h_L - h_R|)``.
+
+    ``h, k, a`` are one leg's hip, knee and ankle and ``h_L - h_R`` the hip line (towards the body's
+    left). A knee bends the shin backwards about an axis close to the hip line, so the value is
+    ``sin(bend) * cos(axis, hip line)`` and POSITIVE for a real bent knee in any orientation (it is
+    a triple product, invariant under rotations), ~0 for a straight leg. A mirror image (e.g. the
+    depth flip ``z -> -z``) negates it.
+
+    Args:
+      points3d: ``(..., N, 3)``.
+      keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
+    Returns:
+      ``(..., 2)`` for the (left, right) knee.
+    """
+    ks = _resolve(keypoint_set, points3d.shape[-2])
+    idx = [[ks.names.index(n) for n in leg] for leg in _KNEE_NAMES[ks.name]]
+    hip, knee, ankle = (jnp.asarray([leg[i] for leg in idx]) for i in range(3))
+    thigh = points3d[..., knee, :] - points3d[..., hip, :]
+    shin = points3d[..., ankle, :] - points3d[..., knee, :]
+    axis = points3d[..., idx[0][0], :] - points3d[..., idx[1][0], :]
+    triple = jnp.sum(jnp.cross(thigh, shin) * axis[..., None, :], axis=-1)
+    norms = (skeletons.safe_norm(thigh) * skeletons.safe_norm(shin)
+             * skeletons.safe_norm(axis)[..., None])
+    return triple / norms
+
+
+def l_knee(points3d: Array, visibility: Array, keypoint_set: KeypointSetLike = None) -> Array:
+    """Knee-direction prior (not in the paper): ``sum_knees relu(-knee_direction)``.
+
+    Penalises knees bent forwards (:func:`knee_direction` < 0). Unlike eq. 1-4 it is NOT invariant
+    under the depth mirror ``z -> -z``, so it can break the depth-sign ambiguity of round 1 (see the
+    module docstring). A knee counts when its hip, knee, ankle and both hips are visible.
+
+    Args:
+      points3d: ``(..., N, 3)``.
+      visibility: ``(..., N)``.
+      keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
+    Returns:
+      ``(...)`` per-skeleton loss.
+    """
+    ks = _resolve(keypoint_set, points3d.shape[-2])
+    vis = jnp.asarray(visibility, points3d.dtype)
+    idx = jnp.asarray([[ks.names.index(n) for n in leg] for leg in _KNEE_NAMES[ks.name]])
+    w = jnp.prod(vis[..., idx], axis=-1) * vis[..., idx[0, 0], None] * vis[..., idx[1, 0], None]
+    return jnp.sum(w * jax.nn.relu(-knee_direction(points3d, ks)), axis=-1)
+
+
 def l_joint(points3d: Array, targets3d: Array, visibility: Array) -> Array:
     """Joint loss, eq. 5, as an MSE: mean over visible joints of ``|p_i - p̄_i|^2`` per skeleton.
 
@@ -511,9 +569,10 @@ def _step(state: LifterState, batch: Mapping[str, Array], rng: Array, mu: Array,
             joint = jnp.sum(jmask * l_joint(p3, targets, vis)) / jnp.maximum(jnp.sum(jmask), 1.0)
         else:
             joint = jnp.zeros((), jnp.float32)
+        knee = jnp.mean(l_knee(p3, vis, ks))
         total = (hp.epsilon * adv + hp.ratio_weight * ratio + hp.sym_weight * sym
-                 + mu * joint)
-        return total, dict(adv_g=adv, ratio=ratio, sym=sym, joint=joint)
+                 + hp.knee_weight * knee + mu * joint)
+        return total, dict(adv_g=adv, ratio=ratio, sym=sym, knee=knee, joint=joint)
 
     (loss_g, parts), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.generator.params)
     gen = state.generator.apply_gradients(grads=g_grads)
@@ -544,8 +603,8 @@ def train_step(state: LifterState, batch: Mapping[str, Array], rng: Array, mu: U
       keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
       hparams: :class:`LifterHParams` (static: epsilon, angles, loss form).
     Returns:
-      ``(new_state, metrics)`` with scalar metrics ``loss_g, loss_d, adv_g, ratio, sym, joint, mu,
-      d_real, d_fake`` (the last two: mean D probability on real / fake).
+      ``(new_state, metrics)`` with scalar metrics ``loss_g, loss_d, adv_g, ratio, sym, knee, joint,
+      mu, d_real, d_fake`` (the last two: mean D probability on real / fake).
     """
     ks = _resolve(keypoint_set, batch["keypoints2d"].shape[-2])
     return _jit_step(state, dict(batch), rng, jnp.asarray(mu, jnp.float32),

@@ -15,6 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from bodyjax import body, render
+from experiments.pictures import render_view
 from bodyjax.rotations import axis_angle_to_matrix
 
 FLAGS = flags.FLAGS
@@ -50,23 +51,6 @@ def demo_poses(template: body.BodyTemplate) -> dict[str, np.ndarray]:
     }
 
 
-def render_view(template: body.BodyTemplate, out: body.BodyOutput, size: int, colors: np.ndarray,
-                shaded: bool = True) -> np.ndarray:
-    """Renders one posed body (camera-frame vertices) into a ``size × size`` BGR uint8 image."""
-    v = np.asarray(out.vertices)
-    faces = np.asarray(template.faces)
-    lo, hi = v[:, :2].min(0), v[:, :2].max(0)
-    scale = 0.9 * size / max(hi - lo)
-    xy = (v[:, :2] - (lo + hi) / 2) * scale + size / 2
-    raster = render.rasterize(xy, v[:, 2], faces, size, size)
-    if shaded:
-        rgb = render.shade(raster, faces, render.vertex_normals(v, faces), colors)
-    else:
-        rgb = render.interpolate(raster, faces, colors)
-    img = np.where(raster.mask[..., None], rgb, 1.0)
-    return (np.clip(img, 0, 1)[..., ::-1] * 255).astype(np.uint8)
-
-
 def main(argv):
     del argv
     template = body.default_template()
@@ -78,15 +62,14 @@ def main(argv):
     side = jax.jit(body.forward)(template, params.replace(
         rotation=jnp.broadcast_to(side_rot, params.rotation.shape)))
 
-    skin = np.tile(np.array([[0.85, 0.72, 0.62]]), (template.num_vertices, 1))
     parts = render.part_colors(np.asarray(template.part_ids))
     columns = []
     for i in range(len(poses)):
         pick = lambda o: jax.tree_util.tree_map(lambda a: a[i], o)  # noqa: E731
         columns.append(np.concatenate([
-            render_view(template, pick(front), FLAGS.size, skin),
-            render_view(template, pick(side), FLAGS.size, skin),
-            render_view(template, pick(front), FLAGS.size, parts, shaded=False),
+            render_view(template, pick(front).vertices, FLAGS.size),
+            render_view(template, pick(side).vertices, FLAGS.size),
+            render_view(template, pick(front).vertices, FLAGS.size, parts, shaded=False),
         ], axis=0))
     sheet = np.concatenate(columns, axis=1)
     for i, name in enumerate(poses):
