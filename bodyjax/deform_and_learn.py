@@ -221,7 +221,8 @@ def evaluate_stage(state: LoopState, template, train, test, settings: LoopSettin
                              settings.keypoint_set)
         ks = skeletons.get_keypoint_set(settings.keypoint_set)
         gt_rel = (gt_kp - jnp.mean(gt_kp[:, jnp.asarray(ks.root)], 1, keepdims=True)) * 1000.0
-        out["lifter/test_pa_mpjpe"] = float(jnp.mean(metrics.pa_mpjpe(lifted, gt_rel)))
+        vis = jnp.asarray(test["keypoint_visible"])  # the lifter outputs nothing for hidden keypoints
+        out["lifter/test_pa_mpjpe"] = float(jnp.mean(metrics.pa_mpjpe(lifted, gt_rel, vis)))
     out["regressor/test_pixel_error"] = float(jnp.mean(metrics.pixel_error(
         pred.keypoints2d, jnp.asarray(test["keypoints"]), jnp.asarray(test["keypoint_visible"]))))
     return _advance(state), out

@@ -40,11 +40,24 @@ Decisions (the paper leaves them open):
   Only the depth component of eq. 5 carries gradient: the lifted ``x, y`` are the input's.
 
 Known limitation (of the objective, not of this implementation): eq. 1-4 cannot tell a lifted pose
-``P`` from its depth mirror ``M_z P`` (z -> -z). Rotating ``M_z P`` by ``phi`` and dropping z gives
-exactly the projection of ``P`` rotated by ``-phi``, which is as realistic as the others, and bone
-lengths are mirror invariant. Without 3D targets (round 1) the sign of the depths can therefore
-differ from the truth, per example; the joint loss of later rounds (eq. 5) resolves it. Evaluate
-round-1 depths up to sign (or per-sample min over the sign) as well as directly.
+``P`` from its depth mirror ``M_z P`` (z -> -z). ``R_y(phi) M_z = M_z R_y(-phi)`` and the projection
+drops z, so rotating ``M_z P`` by ``phi`` and projecting gives EXACTLY the projection of ``P`` rotated
+by ``-phi``: every view the discriminator sees is a real view of the true pose, whatever the angle
+set (it need not be symmetric under ``phi -> -phi``) and whatever anatomical cue (knee or elbow
+direction) the views show; bone lengths are mirror invariant too. Without 3D targets (round 1) the
+depth sign is therefore a coin flip per example (measured with ``tools/eval_lifter.py``: about half
+the test poses come out mirrored, so the round-1 error is no better than flat depths while the error
+up to sign is much lower); the joint loss of later rounds (eq. 5) resolves it. Anatomy breaks the
+symmetry only in 3D: the knee-direction prior :func:`l_knee` (a triple product, which changes sign
+under a mirror), weighted by ``LifterHParams.knee_weight``, is an optional extension of eq. 6 (off
+by default, as it is not in the paper) that makes round 1 pick the right sign for most examples.
+Evaluate round-1 depths up to sign (per-sample min over the sign) as well as directly.
+
+Visibility caveat: ``D`` sees real and fake poses with the same masks, but the fakes are ROTATED
+views while the masks belong to the original views. Where the mask depends on the view (a strict
+occlusion flag hides the far limbs of a side view and the face of a back view), ``D`` can tell
+fakes from the mask alone, whatever the depths, and the generator learns little. Feed the lifter
+*labelled* keypoints (COCO ``v > 0``: occluded but annotated joints count), not occlusion flags.
 
 Camera frame (project conventions): x right, y DOWN, z away from the camera. The vertical axis is
 therefore y, and ``rotate_about_vertical`` uses ``R_y(phi) = [[c, 0, s], [0, 1, 0], [-s, 0, c]]``.

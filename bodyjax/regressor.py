@@ -166,6 +166,8 @@ class RegressorHParams:
       alpha, beta, gamma: weights of L_regress, L_dense, L_KP in eq. (13) (1, 10, 1).
       smooth_l1_beta: threshold of the smooth L1 of eq. (14).
       dense_reduction: ``'mean'`` or ``'sum'`` over the correspondences (eq. 8).
+      lr_final_fraction: :func:`train_regressor` cosine-decays the learning rate to this fraction
+        of ``learning_rate`` over its steps (1.0 = constant, the paper's setting).
     """
 
     learning_rate: float = 1e-4
@@ -176,6 +178,7 @@ class RegressorHParams:
     gamma: float = 1.0
     smooth_l1_beta: float = 1.0
     dense_reduction: str = "mean"
+    lr_final_fraction: float = 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,9 +227,19 @@ def _perpendicular(b: Array) -> Array:
 
 
 def _two_columns(a1: Array, a2: Array) -> Tuple[Array, Array]:
+    """Orthonormal ``b1 ∥ a1`` and ``b2`` in the plane of ``(a1, a2)``; valid frames for any input.
+
+    The projection is applied twice (orthogonal to ``b1`` to round-off even for nearly parallel
+    inputs) and ``a2`` counts as parallel to ``a1`` when less than 1e-5 of it is left.
+    """
     e_x = jnp.zeros_like(a1).at[..., 0].set(1.0)
     b1 = _normalize_or(a1, e_x)
-    b2 = _normalize_or(a2 - jnp.sum(b1 * a2, axis=-1, keepdims=True) * b1, _perpendicular(b1))
+    dot = lambda a, b: jnp.sum(a * b, axis=-1, keepdims=True)  # noqa: E731
+    r = a2 - dot(b1, a2) * b1
+    r = r - dot(b1, r) * b1
+    sq = dot(r, r)
+    ok = sq > jnp.maximum(1e-10 * dot(a2, a2), 1e-30)
+    b2 = jnp.where(ok, r / jnp.sqrt(jnp.where(ok, sq, 1.0)), _perpendicular(b1))
     return b1, b2
 
 
@@ -374,6 +387,22 @@ def decode_head(out: Array, config: RegressorConfig = RegressorConfig()) -> body
         scale=jnp.exp(jnp.clip(raw.log_scale, -c, c)),
         translation=raw.translation,
     )
+
+
+def encode_head(params: body.BodyParams, pose_head: str = "quaternion") -> Array:
+    """The head output ``(..., head_size)`` that decodes to NORMALISED ``params`` (inverse of decoding).
+
+    Quaternions are standardised (``w >= 0``), 6D is the first two columns, the SVD head gets the
+    matrix itself, the 9 numbers of R its Gram–Schmidt orthonormalisation.
+    """
+    mats = axis_angle_to_matrix(params.pose)
+    pose = {"quaternion": lambda: standardize_quaternion(axis_angle_to_quaternion(params.pose)),
+            "rot6d": lambda: jnp.concatenate([mats[..., :, 0], mats[..., :, 1]], axis=-1),
+            "matrix_svd": lambda: mats.reshape(mats.shape[:-2] + (9,))}[pose_head]()
+    batch = jnp.shape(params.scale)
+    return jnp.concatenate([pose.reshape(batch + (-1,)), jnp.log(params.segment_scales),
+                            gram_schmidt(params.rotation).reshape(batch + (9,)),
+                            jnp.log(params.scale)[..., None], params.translation], axis=-1)
 
 
 def regression_vectors(raw: HeadOutput, target: body.BodyParams, pose_head: str,
@@ -524,7 +553,7 @@ def loss_terms(out: Array, batch: Mapping[str, Array], template: body.BodyTempla
     return loss, {"l_regress": reg, "l_dense": jnp.mean(l_dense), "l_kp": jnp.mean(l_kp)}
 
 
-def _train_step(state: RegressorState, batch, template, hparams):
+def _train_step(state: RegressorState, batch, template, lr_scale, hparams):
     images = preprocess(batch["image"])
 
     def loss_fn(params):
@@ -534,7 +563,12 @@ def _train_step(state: RegressorState, batch, template, hparams):
         return loss, (terms, updates["batch_stats"])
 
     (loss, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    # TrainState.apply_gradients, with the update scaled by the schedule's factor (Adam's step is
+    # proportional to its learning rate, so this is Adam at learning_rate * lr_scale).
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree_util.tree_map(lambda u: lr_scale * u, updates)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, batch_stats=batch_stats)
     metrics = dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
     return state, metrics
 
@@ -557,7 +591,7 @@ def _compiled(kind: str, mesh: Mesh, hparams: RegressorHParams):
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
     if kind == "train":
         return jax.jit(functools.partial(_train_step, hparams=hparams),
-                       in_shardings=(repl, data, repl), out_shardings=(repl, repl))
+                       in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl))
     return jax.jit(functools.partial(_eval_step, hparams=hparams),
                    in_shardings=(repl, data, repl), out_shardings=repl)
 
@@ -587,7 +621,7 @@ def _template_for(template, config):
 
 def train_step(state: RegressorState, batch: Mapping[str, Array], template: Optional[body.BodyTemplate] = None,
                hparams: RegressorHParams = RegressorHParams(), mesh: Optional[Mesh] = None,
-               ) -> Tuple[RegressorState, Dict[str, Array]]:
+               lr_scale: float = 1.0) -> Tuple[RegressorState, Dict[str, Array]]:
     """One Adam step on eq. (13) (jitted; the batch sharded over ``mesh``, the state replicated).
 
     Args:
@@ -600,6 +634,7 @@ def train_step(state: RegressorState, batch: Mapping[str, Array], template: Opti
       template: the body (default: the packaged template with ``config.keypoint_set``).
       hparams: loss weights (static).
       mesh: device mesh (default: all devices).
+      lr_scale: multiplies the optimiser's learning rate for this step (a schedule's factor).
 
     Returns:
       ``(state, metrics)`` with scalar ``loss, l_regress, l_dense, l_kp, grad_norm``; the new
@@ -608,7 +643,7 @@ def train_step(state: RegressorState, batch: Mapping[str, Array], template: Opti
     mesh = make_mesh() if mesh is None else mesh
     batch = _check_batch(batch, mesh)
     state, template = _replicate(mesh, _canonical(state), _template_for(template, state.config))
-    return _compiled("train", mesh, hparams)(state, batch, template)
+    return _compiled("train", mesh, hparams)(state, batch, template, jnp.float32(lr_scale))
 
 
 def eval_step(state: RegressorState, batch: Mapping[str, Array], template: Optional[body.BodyTemplate] = None,
@@ -657,7 +692,9 @@ def train_regressor(state: RegressorState, data: Mapping[str, np.ndarray], targe
                     ) -> Tuple[RegressorState, Dict[str, list]]:
     """Trains for ``num_epochs`` epochs of shuffled, augmented mini-batches.
 
-    Each epoch draws a permutation from ``default_rng([seed, epoch])`` (``seed`` from ``rng``) and
+    The learning rate is ``hparams.learning_rate``, cosine-decayed to ``lr_final_fraction`` of it
+    over the ``num_epochs · (M // batch_size)`` steps of this call (constant by default). Each epoch
+    draws a permutation from ``default_rng([seed, epoch])`` (``seed`` from ``rng``) and
     drops the last partial batch; batch ``i`` is augmented on the host with seed
     ``(seed, epoch, i)`` (:func:`bodyjax.augment.augment_batch`) into ``config.image_size`` inputs,
     so the run is deterministic given ``rng`` and every step has the same shapes (one compilation).
@@ -697,6 +734,8 @@ def train_regressor(state: RegressorState, data: Mapping[str, np.ndarray], targe
     if bs == 0:
         raise ValueError(f"need at least {mesh.size} samples (one per device), got {m}")
     steps = m // bs
+    total = max(num_epochs * steps - 1, 1)
+    f = hparams.lr_final_fraction
     seed = _host_seed(rng)
     state, template_d = _replicate(mesh, _canonical(state), template)
     step_fn = _compiled("train", mesh, hparams)
@@ -710,7 +749,9 @@ def train_regressor(state: RegressorState, data: Mapping[str, np.ndarray], targe
             smp, tg = augment_lib.augment_batch({k: v[idx] for k, v in samples.items()},
                                                 {k: v[idx] for k, v in tgt.items()}, template,
                                                 config.image_size, (seed, epoch, i), augment)
-            state, metrics = step_fn(state, make_batch(smp, tg, weight[idx]), template_d)
+            lr_scale = f + (1.0 - f) * 0.5 * (1.0 + np.cos(np.pi * (epoch * steps + i) / total))
+            state, metrics = step_fn(state, make_batch(smp, tg, weight[idx]), template_d,
+                                     np.float32(lr_scale))
             epoch_metrics.append(metrics)
         means = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *epoch_metrics))
         means = {k: float(v) for k, v in means.items()}

@@ -32,6 +32,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
@@ -62,8 +63,47 @@ def _stages(depth: int):
     return STAGES[depth]
 
 
-def _pad(k: int):
-    return ((k // 2, k // 2), (k // 2, k // 2))
+#: Convolutions whose output has at most this many pixels (H·W) run as shifted slices + one matmul.
+#: XLA's CPU convolution is pathologically slow on tiny maps with many channels (the last stage of
+#: a 64-px input is 2×2×512: 0.5 s per 3×3 convolution at batch 32 instead of ~5 ms as a matmul).
+SMALL_MAP = 4
+
+
+def _conv_matmul(x: Array, kernel: Array, stride: int, pad: int) -> Array:
+    """``k×k`` convolution (symmetric zero padding ``pad``) as im2col + matmul, ``(B, H, W, C)``."""
+    kh, kw, cin, cout = kernel.shape
+    b, h, w, _ = x.shape
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
+    cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+    out = patches.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+    return out.reshape(b, ho, wo, cout)
+
+
+class Conv(nn.Module):
+    """Square convolution without bias, symmetric padding ``kernel_size // 2``, NHWC / HWIO.
+
+    The parameter is ``kernel (k, k, C_in, C_out)`` like ``nn.Conv``'s; tiny output maps
+    (``H·W <= SMALL_MAP``) use :func:`_conv_matmul` (same result, see :data:`SMALL_MAP`).
+    """
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, s, p = self.kernel_size, self.strides, self.kernel_size // 2
+        kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
+        ho, wo = (x.shape[1] + 2 * p - k) // s + 1, (x.shape[2] + 2 * p - k) // s + 1
+        if ho * wo <= SMALL_MAP:
+            return _conv_matmul(x, kernel, s, p)
+        return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class _Block(nn.Module):
@@ -78,28 +118,28 @@ class _Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
+        conv = functools.partial(Conv, dtype=self.dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype)
         last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        s = (self.strides, self.strides)
+        s = self.strides
         if self.kind == "basic":
-            y = conv(self.features, (3, 3), s, padding=_pad(3), name="conv1")(x)
+            y = conv(self.features, 3, s, name="conv1")(x)
             y = nn.relu(norm(name="bn1")(y))
-            y = conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
+            y = conv(self.features, 3, name="conv2")(y)
             y = norm(name="bn2", scale_init=last_scale)(y)
             out_features = self.features
         else:
-            y = conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
+            y = conv(self.features, 1, name="conv1")(x)
             y = nn.relu(norm(name="bn1")(y))
-            y = conv(self.features, (3, 3), s, padding=_pad(3), name="conv2")(y)
+            y = conv(self.features, 3, s, name="conv2")(y)
             y = nn.relu(norm(name="bn2")(y))
             out_features = self.features * EXPANSION["bottleneck"]
-            y = conv(out_features, (1, 1), padding="VALID", name="conv3")(y)
+            y = conv(out_features, 1, name="conv3")(y)
             y = norm(name="bn3", scale_init=last_scale)(y)
         shortcut = x
         if self.downsample:
-            shortcut = conv(out_features, (1, 1), s, padding="VALID", name="downsample_conv")(x)
+            shortcut = conv(out_features, 1, s, name="downsample_conv")(x)
             shortcut = norm(name="downsample_bn")(shortcut)
         return nn.relu(y + shortcut)
 
@@ -129,8 +169,7 @@ class ResNet(nn.Module):
         """
         kind, blocks = _stages(self.depth)
         x = jnp.asarray(x, self.dtype)
-        x = nn.Conv(self.width, (7, 7), (2, 2), padding=_pad(7), use_bias=False, dtype=self.dtype,
-                    kernel_init=_conv_init, name="conv1")(x)
+        x = Conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                          name="bn1")(x)
         x = nn.relu(x)

@@ -24,6 +24,9 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment configuration.")
 flags.DEFINE_string("workdir", "workdir/default", "Where checkpoints, metrics and pictures go.")
+# orbax logs every checkpoint step at INFO; keep the console for progress bars and tables
+# (--verbosity=0 brings the INFO logs back).
+flags.FLAGS.set_default("verbosity", -1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,6 +149,7 @@ def format_table(history) -> str:
 
 def write_pictures(workdir: str, state, template, train, test, history, num: int = 4):
     from bodyjax import body, regressor
+    from bodyjax.camera import weak_perspective
     from experiments import pictures
 
     out_dir = os.path.join(workdir, "pictures")
@@ -153,6 +157,7 @@ def write_pictures(workdir: str, state, template, train, test, history, num: int
     r = len(history)
     fit_out = jax.jit(body.forward)(template, jax.tree_util.tree_map(lambda a: a[:num], state.fits))
     pred = regressor.predict(state.regressor, test["image"][:num], template)
+    pred_2d = weak_perspective(pred.vertices, scale=pred.params.scale, translation=pred.params.translation)
     size = 3 * train["image"].shape[1]
     rows = []
     for i in range(num):
@@ -160,7 +165,7 @@ def write_pictures(workdir: str, state, template, train, test, history, num: int
             pictures.label(pictures.overlay(train["image"][i], template, fit_out.vertices[i],
                                             fit_out.vertices2d[i]), "fit (train)"),
             pictures.label(pictures.overlay(test["image"][i], template, pred.vertices[i],
-                                            pred.vertices2d[i]), "predicted (test)"),
+                                            pred_2d[i]), "predicted (test)"),
             pictures.label(pictures.render_view(template, np.asarray(pred.vertices[i]), size), "front"),
             pictures.label(pictures.render_view(template, pictures.side_view(pred.vertices[i]), size), "side"),
         ])
@@ -203,7 +208,8 @@ def train_and_evaluate(config, workdir: str) -> list:
     state, step = restore_latest(manager, state)
     metrics_path = os.path.join(workdir, "metrics.json")
     history = json.load(open(metrics_path)) if (step is not None and os.path.exists(metrics_path)) else []
-    history = [h for h in history if h["round"] <= int(state.round)]
+    # keep finished rounds and the round in progress (its completed stages' metrics)
+    history = [h for h in history if h["round"] <= int(state.round) + (int(state.stage) > 0)]
     if step is not None:
         print(f"resuming from checkpoint {step}: round {int(state.round) + 1}, "
               f"stage '{deform_and_learn.STAGES[int(state.stage)]}'", flush=True)
@@ -231,8 +237,10 @@ def train_and_evaluate(config, workdir: str) -> list:
             history[-1].update(stage_metrics)
         else:
             history.append({"round": r + 1, **stage_metrics})
+        # metrics first, then the checkpoint: a kill in between re-runs the stage, which
+        # recomputes the same values
+        _write_json(metrics_path, history)
         if name == "evaluate":
-            _write_json(metrics_path, history)
             if writer is not None:
                 for k, v in history[-1].items():
                     if isinstance(v, (int, float)) and k != "round":
@@ -247,7 +255,7 @@ def train_and_evaluate(config, workdir: str) -> list:
         stages_run += 1
         if config.stop_after_stages >= 0 and stages_run >= config.stop_after_stages:
             print(f"stopping after {stages_run} stages (config.stop_after_stages)", flush=True)
-            os._exit(3)
+            raise SystemExit(3)
     print(f"done: {num_rounds} rounds in {time.time() - t0:.0f}s; results in {workdir}", flush=True)
     return history
 

@@ -270,7 +270,7 @@ def test_geometric_losses_finite_gradients():
     def grads(q):
         def total(q):
             return jnp.sum(lifter.l_ratio(q, vis, MEAN_RATIOS) + lifter.l_sym(q, vis)
-                           + lifter.l_joint(q, targets, vis))
+                           + lifter.l_knee(q, vis) + lifter.l_joint(q, targets, vis))
 
         def views(q):  # the projection's renormalisation is safe at zero too
             return jnp.sum(lifter.project_views(q, vis, jnp.ones(2)))
@@ -298,6 +298,93 @@ def test_adversarial_losses():
                                np.mean(np.log(1 - p)), rtol=1e-5)
     np.testing.assert_allclose(lifter.discriminator_loss(logits, -logits),
                                2 * np.mean(-np.log(p)), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth-mirror symmetry of eq. 1-4 and the knee-direction prior
+
+
+def _np_random_rotation(rng):
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def _np_knee_direction(p, legs=((11, 13, 15), (12, 14, 16)), hips=(11, 12)):
+    out = []
+    axis = p[..., hips[0], :] - p[..., hips[1], :]
+    for h, k, a in legs:
+        t, s = p[..., k, :] - p[..., h, :], p[..., a, :] - p[..., k, :]
+        out.append(np.sum(np.cross(t, s) * axis, -1)
+                   / (np.linalg.norm(t, axis=-1) * np.linalg.norm(s, axis=-1)
+                      * np.linalg.norm(axis, axis=-1)))
+    return np.stack(out, -1)
+
+
+MIRROR_Z = np.array([1.0, 1.0, -1.0])
+
+
+def test_mirror_views_are_true_views_at_negated_angles():
+    """The exact symmetry behind the round-1 sign ambiguity: f(M_z P, phi) = f(P, -phi)."""
+    rng = np.random.default_rng(13)
+    pts = jnp.asarray(_random_poses(rng, 5), jnp.float32)
+    vis = jnp.ones((5, 17)).at[2, 4].set(0)
+    angles = jnp.deg2rad(jnp.asarray(lifter.LifterHParams().angles_deg))
+    mirrored = pts * jnp.asarray(MIRROR_Z, jnp.float32)
+    np.testing.assert_allclose(lifter.project_views(mirrored, vis, angles),
+                               lifter.project_views(pts, vis, -angles), atol=1e-5)
+    np.testing.assert_allclose(lifter.l_ratio(mirrored, vis, MEAN_RATIOS),
+                               lifter.l_ratio(pts, vis, MEAN_RATIOS), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(lifter.l_sym(mirrored, vis), lifter.l_sym(pts, vis),
+                               rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), k=st.floats(0.01, 300.0))
+def test_knee_direction_matches_numpy_rotation_invariant_mirror_odd(seed, k):
+    rng = np.random.default_rng(seed)
+    base = _base_coco_skeleton()                      # both knees bent backwards
+    rot = _np_random_rotation(rng)
+    pts = k * base @ rot.T + rng.standard_normal(3)
+    expected = _np_knee_direction(base)
+    assert np.all(expected > 0.02)
+    got = np.asarray(lifter.knee_direction(jnp.asarray(pts, jnp.float32)))
+    np.testing.assert_allclose(got, _np_knee_direction(pts), atol=2e-4)
+    np.testing.assert_allclose(got, expected, atol=2e-4)  # rotation and scale invariant
+    mirrored = np.asarray(lifter.knee_direction(jnp.asarray(pts * MIRROR_Z, jnp.float32)))
+    np.testing.assert_allclose(mirrored, -got, atol=2e-4)
+    # joints24: same definition on the SMPL joints (hips 1, 2; knees 4, 5; ankles 7, 8).
+    j24 = np.zeros((24, 3))
+    j24[[1, 2, 4, 5, 7, 8]] = pts[[11, 12, 13, 14, 15, 16]]
+    np.testing.assert_allclose(lifter.knee_direction(jnp.asarray(j24, jnp.float32), J24), got,
+                               atol=2e-4)
+
+
+def test_l_knee_zero_for_real_knees_penalises_mirror_and_masks():
+    rng = np.random.default_rng(14)
+    pts = _base_coco_skeleton() @ _np_rot_y(2.1).T
+    batch = jnp.asarray(np.stack([pts, pts * MIRROR_Z, pts * MIRROR_Z]), jnp.float32)
+    vis = jnp.ones((3, 17)).at[2, 15].set(0)         # left ankle hidden: only the right knee
+    got = np.asarray(lifter.l_knee(batch, vis))
+    d = _np_knee_direction(pts)
+    np.testing.assert_allclose(got, [0.0, d.sum(), d[1]], rtol=1e-4, atol=1e-6)
+    assert float(lifter.l_knee(batch[1], jnp.ones(17).at[12].set(0))) == 0  # hip line hidden
+    # Random noisy poses: matches sum(relu(-direction)).
+    noisy = _random_poses(rng, 6, noise=0.1) * MIRROR_Z
+    ref = np.maximum(-_np_knee_direction(noisy), 0).sum(-1)
+    np.testing.assert_allclose(lifter.l_knee(jnp.asarray(noisy, jnp.float32), jnp.ones(17)), ref,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_loss_weights_enter_the_generator_loss():
+    hp = lifter.LifterHParams(hidden=64, learning_rate=1e-3, ratio_weight=0.5, sym_weight=0.25,
+                              knee_weight=2.0)
+    state = lifter.create_lifter_state(jax.random.PRNGKey(1), 17, hp)
+    _, m = lifter.train_step(state, _batch(), jax.random.PRNGKey(2), 0.0,
+                             mean_ratios=MEAN_RATIOS, hparams=hp)
+    assert float(m["knee"]) > 0  # an untrained generator bends some knees forwards
+    expected = (hp.epsilon * m["adv_g"] + 0.5 * m["ratio"] + 0.25 * m["sym"] + 2.0 * m["knee"])
+    np.testing.assert_allclose(float(m["loss_g"]), float(expected), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
     python tools/bench_registration.py                      # batches 10 64 256, both schedules
     python tools/bench_registration.py --batches 10 64 --torch-steps 5 --repeats 3
     python tools/bench_registration.py --profile            # also time bodyjax variants (where the time goes)
+    python tools/bench_registration.py --host-devices 2 --no-torch   # batch sharded over 2 CPU devices
 
 Data: ``synthetic.make_split`` at 128 px (coco17 keypoints, 100–160 dense points per image, about 130
 on average). Schedules: round 1 (``stiff_config()``: 300 steps, ω_scale 100, ω_joint 1, T-pose start)
@@ -37,9 +38,25 @@ import platform
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+
+
+def _host_devices_from_argv() -> int:
+    """``--host-devices N`` must set XLA_FLAGS before jax is imported."""
+    for i, a in enumerate(sys.argv):
+        if a == "--host-devices" and i + 1 < len(sys.argv):
+            return int(sys.argv[i + 1])
+        if a.startswith("--host-devices="):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
+if _host_devices_from_argv() > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+                               + str(_host_devices_from_argv())).strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -176,7 +193,7 @@ class TorchRegistration:
                 + c.w_joint * tm["l_angle"] + c.w_det * tm["l_det"])
 
     def time_steps(self, params, steps: int) -> float:
-        """Seconds per Adam step (forward, backward, update), after one warm-up step."""
+        """Median seconds per Adam step (forward, backward, update) over ``steps`` steps after a warm-up."""
         torch = self.torch
         opt = torch.optim.Adam(params, lr=self.config.learning_rate)
 
@@ -188,10 +205,26 @@ class TorchRegistration:
             return total
 
         step()
-        t0 = time.perf_counter()
+        times = []
         for _ in range(steps):
+            t0 = time.perf_counter()
             step()
-        return (time.perf_counter() - t0) / steps
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+
+def torch_step_time(template, batch, init, steps: int) -> tuple[float, dict]:
+    """Fastest of 1 thread and all cores (contended OpenMP threads can be slower than one)."""
+    import torch
+
+    ref = TorchRegistration(template, batch, reg.RegistrationConfig())
+    found = {}
+    default = torch.get_num_threads()
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        found[threads] = ref.time_steps(ref.params_from(init), steps)
+    torch.set_num_threads(default)
+    return min(found.values()), found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,15 +238,16 @@ def compile_register(template, batch, init, config):
     return compiled, time.perf_counter() - t0
 
 
-def time_call(fn, repeats: int) -> tuple[float, float]:
-    """(median, min) seconds of ``fn()`` (blocking) after one warm-up call."""
+def time_call(fn, repeats: int) -> tuple[float, float, float]:
+    """(median wall, min wall, min process CPU) seconds of ``fn()`` (blocking) after one warm-up call."""
     jax.block_until_ready(fn())
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), float(np.min(times))
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return float(np.median(walls)), float(np.min(walls)), float(np.min(cpus))
 
 
 def subset(batch: dict, n: int) -> dict:
@@ -247,102 +281,253 @@ def check_parity(template, batch, config, name: str, tol: float = 1e-3) -> float
 
 
 # ----------------------------------------------------------------------------------------------
-# Profiling variants (where the time goes)
+# Profiling: per-op times of one register call and what-if variants
+
+
+def thunk_profile(compiled, call, steps: int, top: int = 14):
+    """Per-XLA-op (thunk) time of ``call()`` from a jax.profiler trace, with the op's shape and origin."""
+    import collections
+    import glob
+    import gzip
+    import json
+    import re
+    import tempfile
+
+    hlo = compiled.as_text()
+    jax.block_until_ready(call())
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+        jax.block_until_ready(call())
+        jax.profiler.stop_trace()
+        files = glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)
+        events = json.load(gzip.open(files[0]))["traceEvents"] if files else []
+    total, count = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and not e["name"].startswith(("Thunk", "$", "Pjit", "Slinky", "end:")):
+            total[e["name"]] += e.get("dur", 0)
+            count[e["name"]] += 1
+    if not total:
+        print("  (no per-op events in the trace)")
+        return
+    whole = sum(total.values())
+    print(f"  per-op time inside one call ({whole / 1e3:.1f} ms of XLA ops, {whole / steps:.1f} us per step):")
+    for name, us in total.most_common(top):
+        m = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]*)\"", hlo)
+        shape, origin = (m.group(1), m.group(2).replace("jit(register)/while/body/closed_call/", "")) if m else ("?", "?")
+        print(f"    {100 * us / whole:5.1f}%  {us / steps:7.1f} us/step  {name:42s} {shape:22s} {origin[:70]}")
+
+
+class patched:
+    """Temporarily replaces module attributes (takes effect when a fresh jit traces)."""
+
+    def __init__(self, *triples):
+        self.triples = triples
+
+    def __enter__(self):
+        self.saved = [(m, n, getattr(m, n)) for m, n, _ in self.triples]
+        for m, n, v in self.triples:
+            setattr(m, n, v)
+
+    def __exit__(self, *exc):
+        for m, n, v in self.saved:
+            setattr(m, n, v)
+
+
+def _variants(template):
+    """What-if rewrites of the body model used by register (same maths, different XLA programs)."""
+    from bodyjax import kinematics
+
+    orig_chain, orig_blend = kinematics.chain, kinematics.blend_skin
+    orig_gather, orig_forward_points = body.gather_points, body.forward_points
+
+    # 1. blend_skin applying the blended 3x4 matrices with a broadcast multiply over [x, y, z, 1]
+    #    (its gradient is one fused multiply instead of 12 slice-pads added together)
+    def blend_homogeneous(rest, weights, transforms):
+        flat = transforms.reshape(transforms.shape[:-2] + (12,))
+        blended = jnp.matmul(weights, flat).reshape(weights.shape[:-1] + (3, 4))
+        homog = jnp.concatenate([rest, jnp.ones(rest.shape[:-1] + (1,), rest.dtype)], -1)
+        return jnp.sum(blended * homog[..., None, :], -1)
+
+    # 2. points pre-multiplied once by their weights: H = w (x) [x, y, z, 1] (N, 96), then every step
+    #    one matmul H @ T with T the (96, 3) stacked transposed transforms (forward and gradient are
+    #    plain matmuls; H is constant over the loop)
+    def homog_outer(rest, weights):
+        homog = jnp.concatenate([rest, jnp.ones(rest.shape[:-1] + (1,), rest.dtype)], -1)
+        return (weights[..., :, None] * homog[..., None, :]).reshape(weights.shape[:-1] + (-1,))
+
+    def gather_outer(template, vertex_ids):
+        rest, weights = orig_gather(template, vertex_ids)
+        return rest, homog_outer(rest, weights)
+
+    def skin_outer(h, transforms):
+        t = jnp.swapaxes(transforms, -1, -2).reshape(transforms.shape[:-3] + (-1, 3))  # (..., 96, 3)
+        return jnp.matmul(h, t)
+
+    # 3. only the keypoint vertices that have a weight (static, from the concrete template)
+    kp_ids = np.asarray(template.kp_vertex_ids)
+    kp_w = np.asarray(template.kp_vertex_weights)
+    used = np.unique(kp_ids[kp_w != 0])
+    kp_dense = np.zeros((kp_ids.shape[0], len(used)), np.float32)
+    for k, m in zip(*np.nonzero(kp_w)):
+        kp_dense[k, np.searchsorted(used, kp_ids[k, m])] += kp_w[k, m]
+    kp_rest = np.asarray(template.vertices)[used]
+    kp_weights = np.asarray(template.weights)[used]
+
+    def make_forward(outer: bool, compact_kp: bool):
+        def forward_points(template, params, rest_points, point_weights):
+            transforms, joints = body.skinning_transforms(template, params)
+            if outer:
+                vertices = skin_outer(point_weights, transforms)
+            else:
+                vertices = kinematics.blend_skin(rest_points, point_weights, transforms)
+            if compact_kp:
+                if outer:
+                    kpv = skin_outer(homog_outer(jnp.asarray(kp_rest), jnp.asarray(kp_weights)), transforms)
+                else:
+                    kpv = kinematics.blend_skin(jnp.asarray(kp_rest), jnp.asarray(kp_weights), transforms)
+                keypoints = jnp.einsum("kj,...jc->...kc", template.kp_joint_weights, joints) + jnp.einsum(
+                    "ku,...uc->...kc", jnp.asarray(kp_dense), kpv)
+                from bodyjax.camera import weak_perspective
+                project = functools.partial(weak_perspective, scale=params.scale, translation=params.translation)
+                return body.BodyOutput(vertices=vertices, joints=joints, keypoints=keypoints,
+                                       vertices2d=project(vertices), joints2d=project(joints),
+                                       keypoints2d=project(keypoints))
+            ids = template.kp_vertex_ids.reshape(-1)
+            if outer:
+                kpv = skin_outer(homog_outer(template.vertices[ids], template.weights[ids]), transforms)
+            else:
+                kpv = kinematics.blend_skin(template.vertices[ids], template.weights[ids], transforms)
+            kpv = kpv.reshape(kpv.shape[:-2] + template.kp_vertex_ids.shape + (3,))
+            return body._finish(template, params, vertices, joints, kpv)
+        return forward_points
+
+    # 4. the kinematic chain batched by tree depth (9 levels instead of 23 sequential joints)
+    def chain_by_level(local, rest_joints, parents, bone_scales=None):
+        parents = tuple(int(p) for p in parents)
+        depth = [0] * len(parents)
+        for j in range(1, len(parents)):
+            depth[j] = depth[parents[j]] + 1
+        g = jnp.zeros(local.shape, local.dtype).at[..., 0, :, :].set(local[..., 0, :, :])
+        pos = jnp.zeros(local.shape[:-1], local.dtype).at[..., 0, :].set(
+            jnp.broadcast_to(rest_joints[..., 0, :], local.shape[:-3] + (3,)))
+        for level in range(1, max(depth) + 1):
+            js = np.array([j for j in range(len(parents)) if depth[j] == level])
+            ps = np.array([parents[j] for j in js])
+            off = rest_joints[..., js, :] - rest_joints[..., ps, :]
+            if bone_scales is not None:
+                off = off * bone_scales[..., ps, None]
+            gp = g[..., ps, :, :]
+            g = g.at[..., js, :, :].set(jnp.matmul(gp, local[..., js, :, :]))
+            pos = pos.at[..., js, :].set(pos[..., ps, :] + kinematics._matvec(gp, off))
+        return g, pos
+
+    K, B = kinematics, body
+    compact_kp = (B, "forward_points", make_forward(False, True))
+    level_chain = (K, "chain", chain_by_level)
+    return {
+        "baseline (register as is)": (),
+        "blend_skin: broadcast multiply over [x,y,z,1]": ((K, "blend_skin", blend_homogeneous),),
+        "skinning as H(N,96) @ T(96,3), H precomputed": (
+            (B, "gather_points", gather_outer), (B, "forward_points", make_forward(True, False))),
+        "keypoints: only the 33 weighted kp vertices": (compact_kp,),
+        "kinematic chain batched by tree level": (level_chain,),
+        "compact kp + level chain": (compact_kp, level_chain),
+        "compact kp + level chain + broadcast blend": (
+            compact_kp, level_chain, (K, "blend_skin", blend_homogeneous)),
+    }
 
 
 def profile(template, batch, config, repeats: int):
-    """Times pieces and variants of one Adam step at this batch (per step, microseconds)."""
-    from bodyjax import kinematics, losses
-    from bodyjax.rotations import axis_angle_to_matrix, gram_schmidt
-
+    """Where the time of one register call goes, and what rewrites of the body model would save."""
     image = (IMAGE_SIZE, IMAGE_SIZE)
     bsz = batch["dense_xy"].shape[0]
-    steps = 100
     init = reg.init_params(template, batch, image)
-    clean, _ = reg.sanitize_batch(template, batch)
-    centre, half = reg._frame(image)
-    rest, weights = body.gather_points(template, clean["dense_vertex"])
-    data = {"rest": rest, "weights": weights, "dense_mask": clean["dense_mask"],
-            "dense_xy": (clean["dense_xy"] - centre) / half, "keypoints": (clean["keypoints"] - centre) / half,
-            "keypoint_visible": clean["keypoint_visible"], "adjacency": jnp.asarray(body.segment_adjacency(template))}
-    in_axes = {k: (None if k == "adjacency" else 0) for k in data}
-    p0 = reg.normalize_params(init, image)
-
-    def sample_loss(params, d):
-        terms, _ = reg._terms(template, config, params, d)
-        return reg._total(config, terms)
-
-    vg = jax.vmap(jax.value_and_grad(sample_loss), in_axes=(0, in_axes))
-    import optax
-    opt = optax.adam(config.learning_rate)
-
-    def loop(step_fn):
-        @jax.jit
-        def run(params, data):
-            def body_fn(carry, _):
-                return step_fn(carry, data), None
-            out, _ = jax.lax.scan(body_fn, (params, opt.init(params)), None, length=steps)
-            return out[0]
-        return run
-
-    def adam_step(carry, data, f=vg):
-        params, st = carry
-        _, g = f(params, data)
-        up, st = opt.update(g, st, params)
-        return optax.apply_updates(params, up), st
-
-    def forward_only(carry, data):
-        params, st = carry
-        out = jax.vmap(lambda p, d: body.forward_points(template, p, d["rest"], d["weights"]).vertices2d,
-                       in_axes=(0, in_axes))(params, data)
-        return params.replace(translation=params.translation + 1e-9 * out[:, 0]), st
-
-    def chain_only(carry, data):
-        params, st = carry
-        local = axis_angle_to_matrix(params.pose)
-        rot, pos = kinematics.chain(local, template.joints, template.parents, params.segment_scales)
-        return params.replace(translation=params.translation + 1e-9 * pos[:, 0, :2]), st
-
-    def chain_grad(carry, data):
-        params, st = carry
-
-        def f(pose, sc):
-            local = axis_angle_to_matrix(pose)
-            rot, pos = kinematics.chain(local, template.joints, template.parents, sc)
-            return jnp.sum(pos ** 2) + jnp.sum(rot ** 2)
-        g = jax.grad(f, argnums=(0, 1))(params.pose, params.segment_scales)
-        return params.replace(pose=params.pose - 1e-9 * g[0]), st
-
-    def noop(carry, data):
-        params, st = carry
-        return params.replace(translation=params.translation + 1e-9), st
-
-    variants = {
-        "noop scan body": noop,
-        "Rodrigues + kinematic chain (fwd)": chain_only,
-        "Rodrigues + kinematic chain (fwd+grad)": chain_grad,
-        "forward_points (fwd)": forward_only,
-        "value_and_grad (no Adam)": lambda c, d: (jax.tree_util.tree_map(
-            lambda x, g: x - 1e-9 * g, c[0], vg(c[0], d)[1]), c[1]),
-        "value_and_grad + Adam": adam_step,
-    }
-    print(f"\nprofile at batch {bsz}, {steps}-step scans (per step; register's own loop adds best-so-far "
-          "tracking and divergence checks):")
-    for name, fn in variants.items():
-        run = loop(fn)
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(p0, data))
-        comp = time.perf_counter() - t0
-        med, mn = time_call(lambda: run(p0, data), repeats)
-        print(f"  {name:42s} {1e6 * med / steps:9.1f} us/step (min {1e6 * mn / steps:8.1f})  "
-              f"= {1e6 * med / steps / bsz:6.2f} us/sample-step   [first call {comp:5.1f} s]")
-    compiled, _ = compile_register(template, batch, init, dataclasses.replace(config, num_steps=steps))
-    med, mn = time_call(lambda: compiled(template, batch, init), repeats)
-    print(f"  {'register (whole call)':42s} {1e6 * med / steps:9.1f} us/step (min {1e6 * mn / steps:8.1f})  "
-          f"= {1e6 * med / steps / bsz:6.2f} us/sample-step")
+    print(f"\nprofile: register, batch {bsz}, {config.num_steps} steps; process CPU time per step is the "
+          "robust number on a loaded machine (wall in brackets)")
+    compiled, _ = compile_register(template, batch, init, config)
+    thunk_profile(compiled, lambda: compiled(template, batch, init), config.num_steps)
+    compiled_variants = {}
+    for name, patches in _variants(template).items():
+        def fresh(*a, **k):  # a new function object: jit's trace caches are keyed on it
+            return reg.register.__wrapped__(*a, **k)
+        with patched(*patches):
+            fresh = jax.jit(fresh, static_argnames=("config", "image_size"))
+            comp = fresh.lower(template, batch, init, config=config, image_size=image).compile()
+        params, report = comp(template, batch, init)
+        compiled_variants[name] = (comp, float(np.mean(np.asarray(report.loss))))
+    # interleaved rounds, best of each: the load of a shared machine comes and goes
+    walls = {k: [] for k in compiled_variants}
+    cpus = {k: [] for k in compiled_variants}
+    for _ in range(repeats):
+        for name, (comp, _) in compiled_variants.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(comp(template, batch, init))
+            walls[name].append(time.perf_counter() - t0)
+            cpus[name].append(time.process_time() - c0)
+    print(f"  {'variant (same objective, rewritten body model)':50s} {'CPU us/step':>11s} {'wall us/step':>12s} "
+          f"{'x300 fits/s (CPU)':>17s} {'vs base':>7s}  mean final loss")
+    base_cpu = min(cpus["baseline (register as is)"])
+    for name, (_, loss) in compiled_variants.items():
+        cpu, wall = min(cpus[name]) / config.num_steps, min(walls[name]) / config.num_steps
+        print(f"  {name:50s} {1e6 * cpu:11.1f} {1e6 * wall:12.1f} {bsz / (300 * cpu):17.1f} "
+              f"{min(cpus[name]) / base_cpu:6.2f}x  {loss:.5f}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def table(args, template, data, schedules):
+    if not args.no_torch:
+        print("objective parity (PyTorch full-mesh vs bodyjax register, batch 10):")
+        for name, cfg in schedules.items():
+            check_parity(template, subset(data, 10), cfg, name)
+
+    rows, compile_rows = [], []
+    ndev = len(jax.devices())
+    for bsz in args.batches:
+        batch = jax.device_put(subset(data, bsz))
+        init = reg.init_params(template, batch, (IMAGE_SIZE, IMAGE_SIZE))
+        if ndev > 1 and bsz % ndev == 0:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+            sharding = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
+            batch, init = jax.device_put((batch, init), sharding)
+            print(f"  batch {bsz:4d}: sharded over {ndev} host devices")
+        torch_step = None
+        if not args.no_torch:
+            torch_step, by_threads = torch_step_time(template, subset(data, bsz), init, args.torch_steps)
+            print(f"  batch {bsz:4d} torch: " + ", ".join(
+                f"{t} thread(s) {1e3 * v:.1f} ms/step" for t, v in by_threads.items()) + " (median step)")
+        for name, cfg in schedules.items():
+            compiled, comp_s = compile_register(template, batch, init, cfg)
+            med, mn, cpu = time_call(functools.partial(compiled, template, batch, init), args.repeats)
+            row = {"batch": bsz, "schedule": f"{name} ({cfg.num_steps} steps)", "jax_s": med, "jax_min_s": mn,
+                   "jax_fps": bsz / med, "jax_cpu_fps": bsz / cpu, "compile_s": comp_s}
+            if torch_step is not None:
+                torch_s = torch_step * cfg.num_steps
+                row.update(torch_step_ms=1e3 * torch_step, torch_fps=bsz / torch_s, ratio=torch_s / med)
+            rows.append(row)
+            compile_rows.append((bsz, name, comp_s))
+            print(f"  batch {bsz:4d} {name:7s}: bodyjax {med:7.3f} s/call (min {mn:.3f}, CPU {cpu:.3f}) -> "
+                  f"{bsz / med:8.1f} fits/s" + (f"; torch {1e3 * torch_step:7.1f} ms/step x {cfg.num_steps} -> "
+                                                f"{row['torch_fps']:7.2f} fits/s" if torch_step else "")
+                  + f"; compile {comp_s:.1f} s", flush=True)
+
+    print(f"\nfits per second. bodyjax: batch / median wall seconds of {args.repeats} calls (the CPU column uses "
+          "the process CPU seconds instead: what an uncontended core would give when XLA runs one thread).")
+    print(f"torch: EXTRAPOLATED: median of {args.torch_steps} timed steps x the schedule's step count "
+          "(its per-step cost is constant), fastest of 1 and all threads.")
+    hdr = (f"{'batch':>5} | {'schedule':<19} | {'bodyjax fits/s':>14} | {'(CPU-time)':>10} | {'torch fits/s':>12} | "
+           f"{'ratio':>7} | {'torch ms/step':>13} | {'compile s':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        tf = f"{r['torch_fps']:12.2f}" if "torch_fps" in r else f"{'-':>12}"
+        ra = f"{r['ratio']:6.0f}x" if "ratio" in r else f"{'-':>7}"
+        tm = f"{r['torch_step_ms']:13.1f}" if "torch_step_ms" in r else f"{'-':>13}"
+        print(f"{r['batch']:5d} | {r['schedule']:<19} | {r['jax_fps']:14.1f} | {r['jax_cpu_fps']:10.1f} | {tf} | "
+              f"{ra} | {tm} | {r['compile_s']:9.1f}")
+    print("compile time: register lower + compile, once per (config, batch shape), not in the fits/s.")
+    print("targets: >= 100 fits/s for the 300-step schedule at batch >= 64 on a 2-core CPU; >= 10x PyTorch")
 
 
 def main():
@@ -352,7 +537,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=5, help="bodyjax calls timed per cell (median)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="time pieces of a step at the largest batch >= 64")
+    ap.add_argument("--profile", action="store_true",
+                    help="per-op profile and what-if variants at the smallest batch and the largest batch >= 64")
+    ap.add_argument("--profile-only", action="store_true", help="skip the table, only --profile")
+    ap.add_argument("--host-devices", type=int, default=1,
+                    help="split the CPU into N XLA devices and shard the batch over them (NamedSharding P('batch'))")
     args = ap.parse_args()
 
     print(load_line("start"))
@@ -371,52 +560,13 @@ def main():
           f"generated in {time.perf_counter() - t0:.1f} s")
 
     schedules = {"round1": reg.stiff_config(), "later": reg.RegistrationConfig()}
-    if not args.no_torch:
-        print("objective parity (PyTorch full-mesh vs bodyjax register, batch 10):")
-        for name, cfg in schedules.items():
-            check_parity(template, subset(data, 10), cfg, name)
-
-    rows, compile_rows = [], []
-    for bsz in args.batches:
-        batch = jax.device_put(subset(data, bsz))
-        init = reg.init_params(template, batch, (IMAGE_SIZE, IMAGE_SIZE))
-        torch_step = None
-        if not args.no_torch:
-            ref = TorchRegistration(template, subset(data, bsz), reg.RegistrationConfig())
-            torch_step = ref.time_steps(ref.params_from(init), args.torch_steps)
-        for name, cfg in schedules.items():
-            compiled, comp_s = compile_register(template, batch, init, cfg)
-            med, mn = time_call(functools.partial(compiled, template, batch, init), args.repeats)
-            row = {"batch": bsz, "schedule": f"{name} ({cfg.num_steps} steps)", "jax_s": med, "jax_min_s": mn,
-                   "jax_fps": bsz / med, "compile_s": comp_s}
-            if torch_step is not None:
-                torch_s = torch_step * cfg.num_steps
-                row.update(torch_step_ms=1e3 * torch_step, torch_fps=bsz / torch_s, ratio=torch_s / med)
-            rows.append(row)
-            compile_rows.append((bsz, name, comp_s))
-            print(f"  batch {bsz:4d} {name:7s}: bodyjax {med:7.3f} s/call (min {mn:.3f}) -> {bsz / med:8.1f} fits/s"
-                  + (f"; torch {1e3 * torch_step:7.1f} ms/step -> {row['torch_fps']:7.2f} fits/s" if torch_step else "")
-                  + f"; compile {comp_s:.1f} s", flush=True)
-
-    print("\nfits per second (bodyjax: median of "
-          f"{args.repeats} calls; torch: {args.torch_steps} steps timed, per-step time x schedule steps)")
-    hdr = f"{'batch':>5} | {'schedule':<19} | {'bodyjax fits/s':>14} | {'torch fits/s':>12} | {'ratio':>7} | {'torch ms/step':>13}"
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        tf = f"{r['torch_fps']:12.2f}" if "torch_fps" in r else f"{'-':>12}"
-        ra = f"{r['ratio']:6.1f}x" if "ratio" in r else f"{'-':>7}"
-        tm = f"{r['torch_step_ms']:13.1f}" if "torch_step_ms" in r else f"{'-':>13}"
-        print(f"{r['batch']:5d} | {r['schedule']:<19} | {r['jax_fps']:14.1f} | {tf} | {ra} | {tm}")
-    print("\ncompile time of register (lower + compile, once per (config, batch shape)):")
-    for bsz, name, comp_s in compile_rows:
-        print(f"  batch {bsz:4d} {name:7s}: {comp_s:6.1f} s")
-    print("targets: >= 100 fits/s for the 300-step schedule at batch >= 64 on a 2-core CPU; >= 10x PyTorch")
-
+    if not args.profile_only:
+        table(args, template, data, schedules)
     if args.profile:
         big = [b for b in args.batches if b >= 64]
         bsz = max(big) if big else max(args.batches)
-        profile(template, jax.device_put(subset(data, bsz)), reg.stiff_config(), args.repeats)
+        for b in sorted(set([min(args.batches)] + [bsz])):
+            profile(template, jax.device_put(subset(data, b)), reg.stiff_config(), args.repeats)
     print(load_line("end"))
 
 

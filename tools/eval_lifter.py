@@ -1,39 +1,57 @@
 """Evaluates the multi-view cGAN lifter (appendix section 2) on the synthetic data set.
 
-    python tools/eval_lifter.py --train 4000 --test 500 --epochs 40 --width 256 --seed 0 \
-        [--ablation all] [--round2-epochs 20 --noise-mm 30] [--cache /tmp/lifter_data]
+    python tools/eval_lifter.py --train 4000 --test 500 --epochs 30 --width 256 --seed 0 \
+        [--ablation all] [--visibility labelled|rule|all] [--runs paper,knee,round2] \
+        [--round2-epochs 30 --noise-mm 30] [--cache /tmp/lifter_data]
 
 Data. The train and test splits are samples ``0 .. n-1`` of :func:`bodyjax.data.synthetic.generate`
 with the default :class:`~bodyjax.data.synthetic.SyntheticConfig` (128-pixel images, coco17
 keypoints) and the data-set seeds ``1000 * seed + 1`` (train) and ``1000 * seed + 2`` (test), so the
-splits never share a person. The images are rendered (about 7 ms per sample on one core) because the
+splits never share a person. The images are rendered (about 10 ms per sample on one core) because the
 keypoint visibility rule of the data set (:func:`~bodyjax.data.synthetic.keypoint_visibility`) needs
 the z-buffer; only the 2D keypoints, their visibility and the ground-truth parameters are kept.
 The ground-truth 3D keypoints are ``body.forward(template, gt_params).keypoints`` (camera frame,
 metres); the 2D keypoints of the record are checked to be their weak-perspective projection.
-``--all-visible`` ignores the visibility rule (every keypoint visible, train and test).
+
+Which keypoints the lifter gets (``--visibility``, train and test alike):
+
+* ``labelled`` (default): what the real-data loaders feed the lifter (COCO ``v > 0``, i.e. labelled
+  whether occluded or not): the 12 body keypoints always (the whole body is inside the frame), the
+  5 face keypoints only where the record marks them visible (annotators do not label the face of a
+  person seen from behind);
+* ``rule``: the record's ``keypoint_visible`` (strict occlusion: a joint hidden by the body is 0);
+* ``all``: every keypoint.
 
 Training. Round 1 sees the training split's 2D keypoints and visibilities ONLY (no 3D, no
-parameters): eq. 1-4, eq. 6 with ``mu = 0``. The average skeleton of eq. 3 is the template's rest
-pose (segment scales 1), not the data. Ablations (``--ablation geo|views|all``): ``no-geo`` drops
-eq. 3 and eq. 4 (``ratio_weight = sym_weight = 0``); ``one-view`` replaces the 7 angles by one
-uniformly random angle per example and step (``angles_deg=(180,)``, ``angle_jitter_deg=180``).
-Round 2 (unless ``--round2-epochs 0``) continues the round-1 state with eq. 5 switched on; its 3D
-targets are a STAND-IN for the registration output: the ground-truth 3D keypoints plus isotropic
-Gaussian noise of ``--noise-mm`` per coordinate (metres, then weak-perspective ``(s x + t, s z)``
-like :func:`bodyjax.lifter.weak_perspective_joints3d`), ``mu`` decaying from 100 to 1.
+parameters). The average skeleton of eq. 3 is the template's rest pose (segment scales 1), not the
+data. Runs (``--runs``, comma separated):
 
-Metrics (test split, visible keypoints only). Both skeletons are centred at the lifter's root (the
-hip midpoint over the visible hips, :func:`bodyjax.skeletons.root_point`). The lifted pose comes out
-in pixels; it is put in metres by the paper's protocol: scaled about the root so that its bone-length
-sum equals the ground-truth skeleton's (the coco17 bones of :mod:`bodyjax.skeletons`, over the bones
-whose two ends are visible; with every keypoint visible this is exactly
+* ``paper``: eq. 1-4 and eq. 6 with ``mu = 0`` (adversarial + bone ratio + symmetry, 7 views);
+* ``knee``: ``paper`` plus the knee-direction prior :func:`bodyjax.lifter.l_knee` (weight
+  ``--knee-weight``; NOT in the paper, it breaks the depth-sign ambiguity of eq. 1-4);
+* ``round2``: continues the ``paper`` state (the ``knee`` state when ``paper`` is not run) with
+  eq. 5 switched on for ``--round2-epochs`` epochs, ``mu`` decaying from 100 to 1. Its 3D targets are
+  a STAND-IN for the registration output: the ground-truth 3D keypoints plus isotropic Gaussian noise
+  of ``--noise-mm`` per coordinate (metres, then ``(s x + t, s z)`` like
+  :func:`bodyjax.lifter.weak_perspective_joints3d`).
+
+Ablations (``--ablation geo|views|all``), applied to ``--ablation-base`` (``knee`` by default, the
+run whose honest error is meaningful): ``no l_ratio/l_sym`` (``ratio_weight = sym_weight = 0``) and
+``1 random view`` (one uniformly random angle per example and step instead of the 7 angles:
+``angles_deg=(180,)``, ``angle_jitter_deg=180``).
+
+Metrics (test split, the keypoints the lifter got). Both skeletons are centred at the lifter's root
+(the hip midpoint over the visible hips, :func:`bodyjax.skeletons.root_point`). The lifted pose comes
+out in pixels; it is put in metres by the paper's protocol: scaled about the root so that its
+bone-length sum equals the ground-truth skeleton's (the coco17 bones of :mod:`bodyjax.skeletons`,
+over the bones whose two ends are visible; with every keypoint visible this is
 :func:`bodyjax.metrics.mpjpe_rescaled` with that bone set), then compared with the ground truth:
-MPJPE (mm). PA-MPJPE is :func:`bodyjax.metrics.pa_mpjpe` (similarity Procrustes, proper rotations
-only, so a depth mirror is NOT forgiven). The flat baseline is the 2D keypoints with ``z = 0`` put
-through the same steps. Diagnostics: "up to sign" is the per-sample minimum over ``z`` and ``-z`` of
-the rescaled MPJPE; "flip" is the fraction of samples where ``-z`` is the better one, split by
-whether the person faces the camera (their front, ``R @ (0, 0, -1)``, has ``z < 0``) or not.
+MPJPE (mm). PA-MPJPE is :func:`bodyjax.metrics.pa_mpjpe` (similarity Procrustes with proper rotations
+only, so a depth mirror is NOT forgiven). Per-sample errors are averaged with the number of visible
+keypoints as weights (= the mean over all visible keypoints). The flat baseline is the 2D keypoints
+with ``z = 0`` put through the same steps. Diagnostics: "up to +-z" is the per-sample minimum over
+``z`` and ``-z`` of each error; "flip" is the fraction of samples where ``-z`` has the lower rescaled
+MPJPE, split by whether the person faces the camera (their front, ``R @ (0, 0, -1)``, has ``z < 0``).
 
 Everything runs on the CPU unless ``JAX_PLATFORMS`` says otherwise.
 """
@@ -198,7 +216,8 @@ def train(name: str, hp: lifter.LifterHParams, train_data: dict, mean_ratios, ep
         if (epoch + 1) % log_every == 0 or epoch == 0 or epoch + 1 == epochs:
             print(f"  [{name}] epoch {epoch + 1:3d}/{epochs}  D(real) {m['d_real']:.3f}  "
                   f"D(fake) {m['d_fake']:.3f}  adv_g {m['adv_g']:.3f}  ratio {m['ratio']:.4f}  "
-                  f"sym {m['sym']:.4f}  joint {m['joint']:.4f}  mu {m['mu']:.1f}  "
+                  f"sym {m['sym']:.4f}  knee {m['knee']:.4f}  joint {m['joint']:.4f}  "
+                  f"mu {m['mu']:.1f}  "
                   f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
 
     state, hist = lifter.train_lifter(
@@ -219,100 +238,127 @@ def predict(state, data: dict) -> np.ndarray:
 def _fmt_row(name, r, base):
     rel = 100.0 * (1.0 - r["mpjpe"] / base["mpjpe"])
     rel_pa = 100.0 * (1.0 - r["pa_mpjpe"] / base["pa_mpjpe"])
-    return (f"| {name:<34} | {r['mpjpe']:7.1f} | {r['pa_mpjpe']:7.1f} | {rel:+6.1f}% | "
+    return (f"| {name:<37} | {r['mpjpe']:7.1f} | {r['pa_mpjpe']:7.1f} | {rel:+6.1f}% | "
             f"{rel_pa:+6.1f}% | {r['mpjpe_sign']:7.1f} | {r['pa_sign']:7.1f} | {r['flip']:5.2f} | "
             f"{r['flip_facing']:5.2f} / {r['flip_away']:5.2f} |")
+
+
+def apply_visibility(data: dict, mode: str) -> dict:
+    """Returns ``data`` with the visibility of ``--visibility`` mode (see the module docstring)."""
+    vis = data["visibility"].copy()
+    if mode == "labelled":
+        vis[:, 5:] = 1.0  # the 12 body keypoints (shoulders .. ankles) are always labelled
+    elif mode == "all":
+        vis[:] = 1.0
+    elif mode != "rule":
+        raise ValueError(f"unknown visibility mode {mode!r}")
+    return dict(data, visibility=vis)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="Adam learning rate of both networks (paper: 2e-4 for 50 epochs of a "
+                             "much larger set; the short CPU runs use 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--visibility", choices=("labelled", "rule", "all"), default="labelled")
+    parser.add_argument("--runs", default="paper,knee,round2")
+    parser.add_argument("--knee-weight", type=float, default=1.0)
     parser.add_argument("--ablation", choices=("none", "geo", "views", "all"), default="none")
+    parser.add_argument("--ablation-base", choices=("paper", "knee"), default="knee")
     parser.add_argument("--round2-epochs", type=int, default=None,
-                        help="round-2 epochs (default: --epochs; 0 skips round 2)")
+                        help="round-2 epochs (default: --epochs)")
     parser.add_argument("--noise-mm", type=float, default=30.0,
                         help="std of the noise on the stand-in 3D targets of round 2, per coordinate")
-    parser.add_argument("--all-visible", action="store_true",
-                        help="ignore the data set's visibility rule (every keypoint visible)")
     parser.add_argument("--cache", default=None, help="folder to memoise the generated splits")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = set(runs) - {"paper", "knee", "round2"}
+    if unknown:
+        parser.error(f"unknown runs {sorted(unknown)}")
     round2_epochs = args.epochs if args.round2_epochs is None else args.round2_epochs
 
     t_start = time.time()
     template = body.default_template("coco17")
     tr = load_or_make(template, 1000 * args.seed + 1, args.train, args.cache)
     te = load_or_make(template, 1000 * args.seed + 2, args.test, args.cache)
-    if args.all_visible:
-        for d in (tr, te):
-            d["visibility"] = np.ones_like(d["visibility"])
     t_data = time.time() - t_start
+    raw_vis = te["visibility"]
+    tr, te = apply_visibility(tr, args.visibility), apply_visibility(te, args.visibility)
     rest = body.forward(template, body.rest_params(template)).keypoints
     mean_ratios = np.asarray(skeletons.bone_ratios(rest, KS))
-    print(f"data: train {args.train}, test {args.test} ({t_data:.0f} s); visible keypoints "
-          f"{100 * tr['visibility'].mean():.1f}% train, {100 * te['visibility'].mean():.1f}% test; "
-          f"all 17 visible in {100 * (te['visibility'].min(1) > 0).mean():.1f}% of test samples",
-          flush=True)
+    print(f"data: train {args.train}, test {args.test} ({t_data:.0f} s); record visibility "
+          f"{100 * raw_vis.mean():.1f}% (test); lifter input ({args.visibility}): "
+          f"{100 * te['visibility'].mean():.1f}% of the keypoints", flush=True)
 
-    hp = lifter.LifterHParams(hidden=args.width, learning_rate=args.lr, batch_size=args.batch,
-                              num_epochs=args.epochs)
-    runs = [("round 1 (adv + ratio + sym, 7 views)", hp)]
+    paper = lifter.LifterHParams(hidden=args.width, learning_rate=args.lr,
+                                 batch_size=args.batch, num_epochs=args.epochs)
+    knee = dataclasses.replace(paper, knee_weight=args.knee_weight)
+    todo = []  # (key, label, hparams)
+    if "paper" in runs:
+        todo.append(("paper", "R1 paper: adv+ratio+sym, 7 views", paper))
+    if "knee" in runs:
+        todo.append(("knee", f"R1 + knee prior (w {args.knee_weight:g}) [ext.]", knee))
+    base_hp, base_label = (knee, "R1+knee") if args.ablation_base == "knee" else (paper, "R1")
     if args.ablation in ("geo", "all"):
-        runs.append(("  ablation: no l_ratio / l_sym",
-                     dataclasses.replace(hp, ratio_weight=0.0, sym_weight=0.0)))
+        todo.append(("nogeo", f"  {base_label} without l_ratio, l_sym",
+                     dataclasses.replace(base_hp, ratio_weight=0.0, sym_weight=0.0)))
     if args.ablation in ("views", "all"):
-        runs.append(("  ablation: 1 random view / example",
-                     dataclasses.replace(hp, angles_deg=(180.0,), angle_jitter_deg=180.0)))
+        todo.append(("oneview", f"  {base_label}, 1 random view (not 7)",
+                     dataclasses.replace(base_hp, angles_deg=(180.0,), angle_jitter_deg=180.0)))
 
     base = evaluate(flat_baseline(te), te)
     rows = [("flat baseline (z = 0)", base)]
-    times = {}
-    states = {}
-    for name, h in runs:
-        state, hist, sec = train(name.strip(), h, tr, mean_ratios, args.epochs, args.batch,
-                                 args.seed)
-        states[name] = state
-        times[name] = sec
-        rows.append((name, evaluate(predict(state, te), te)))
-        print(f"{name.strip()}: {sec:.0f} s, {rows[-1][1]}", flush=True)
+    times, states, gan = {}, {}, {}
+    for key, label, h in todo:
+        state, hist, sec = train(key, h, tr, mean_ratios, args.epochs, args.batch, args.seed)
+        states[key] = state
+        times[label] = sec
+        gan[label] = {k: v[-1] for k, v in hist.items()}
+        rows.append((label, evaluate(predict(state, te), te)))
+        print(f"{label.strip()}: {sec:.0f} s, {rows[-1][1]}", flush=True)
 
-    if round2_epochs > 0:
+    if "round2" in runs:
+        start_key = "paper" if "paper" in states else ("knee" if "knee" in states else None)
         targets = noisy_targets(tr, args.noise_mm, args.seed + 4242)
-        # The targets themselves, put through the same protocol (their x, y are noisy too).
+        # The stand-in targets of the TEST split through the same protocol, for reference.
         tgt_te = noisy_targets(te, args.noise_mm, args.seed + 4243)
         root = skeletons.root_point(jnp.asarray(tgt_te), KS, jnp.asarray(te["visibility"]))
         tgt_pred = (tgt_te - np.asarray(root)[:, None, :]) * te["visibility"][..., None]
-        rows.append((f"  (stand-in targets: GT + {args.noise_mm:g} mm)", evaluate(tgt_pred, te)))
-        name = f"round 2 (+ joint loss, {round2_epochs} ep)"
-        state, hist, sec = train("round 2", hp, tr, mean_ratios, round2_epochs, args.batch,
-                                 args.seed + 1, state=states[runs[0][0]], joints3d=targets)
-        times[name] = sec
-        rows.append((name, evaluate(predict(state, te), te)))
-        print(f"round 2: {sec:.0f} s, {rows[-1][1]}", flush=True)
+        rows.append((f"  stand-in targets (GT + {args.noise_mm:g} mm)", evaluate(tgt_pred, te)))
+        label = (f"R2: {start_key or 'scratch'} + joint loss ({round2_epochs} ep)")
+        state, hist, sec = train("round2", paper, tr, mean_ratios, round2_epochs, args.batch,
+                                 args.seed + 1, state=states.get(start_key), joints3d=targets)
+        times[label] = sec
+        gan[label] = {k: v[-1] for k, v in hist.items()}
+        rows.append((label, evaluate(predict(state, te), te)))
+        print(f"{label}: {sec:.0f} s, {rows[-1][1]}", flush=True)
 
     print()
     print(f"Conditions: train {args.train}, test {args.test}, epochs {args.epochs} (round 2: "
           f"{round2_epochs}), width {args.width}, batch {args.batch}, lr {args.lr:g}, seed "
-          f"{args.seed}, visibility {'all' if args.all_visible else 'data set rule'}, backend "
-          f"{jax.default_backend()}, total {time.time() - t_start:.0f} s")
-    print("| method                             | MPJPE   | PA-MPJPE| MPJPE vs| PA vs   | MPJPE   |"
-          " PA      | flip  | flip          |")
-    print("|                                    | resc. mm| mm      | flat    | flat    | up to ±z|"
-          " up to ±z| rate  | facing / away |")
-    print("|" + "|".join("-" * n for n in (36, 9, 9, 9, 9, 9, 9, 7, 15)) + "|")
+          f"{args.seed}, visibility {args.visibility}, backend {jax.default_backend()}, "
+          f"total {time.time() - t_start:.0f} s")
+    print("| method                                | MPJPE   | PA-MPJPE| MPJPE vs| PA vs   "
+          "| MPJPE   | PA      | flip  | flip          |")
+    print("|                                       | resc. mm| mm      | flat    | flat    "
+          "| up to ±z| up to ±z| rate  | facing / away |")
+    print("|" + "|".join("-" * n for n in (39, 9, 9, 9, 9, 9, 9, 7, 15)) + "|")
     for name, r in rows:
         print(_fmt_row(name, r, base))
     for name, sec in times.items():
-        print(f"time: {name.strip()}: {sec:.0f} s")
+        g = gan[name]
+        print(f"{name.strip()}: {sec:.0f} s; last epoch D(real) {g['d_real']:.2f} D(fake) "
+              f"{g['d_fake']:.2f} ratio {g['ratio']:.4f} sym {g['sym']:.4f} knee {g['knee']:.4f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), rows=rows, times=times), f, indent=1)
+            json.dump(dict(args=vars(args), rows=rows, times=times, gan=gan), f, indent=1)
 
 
 if __name__ == "__main__":
