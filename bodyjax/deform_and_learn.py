@@ -50,6 +50,7 @@ class LoopSettings:
     regressor_batch_size: int
     augment: Optional[object] = None
     skip_flagged_fits: bool = True
+    lifter_visibility: str = "labelled"
 
 
 @flax.struct.dataclass
@@ -118,6 +119,24 @@ def fit_keypoints3d(template: body.BodyTemplate, fits: body.BodyParams) -> Array
     return jnp.concatenate([out.keypoints2d, out.keypoints[..., 2:] * fits.scale[:, None, None]], -1)
 
 
+def lifter_visibility(data: Mapping[str, np.ndarray], settings: LoopSettings) -> Array:
+    """The keypoint mask the lifter sees, ``(M, K)``.
+
+    ``'labelled'`` (default) follows the COCO convention that the body keypoints are labelled even
+    when occluded (their positions are in the record): with the strict occlusion flag the
+    discriminator could tell rotated fakes from real poses by the pattern of missing keypoints
+    alone. ``'record'`` uses ``keypoint_visible`` as it is.
+    """
+    vis = np.array(data["keypoint_visible"], np.float32)
+    if settings.lifter_visibility == "labelled" and settings.keypoint_set == "coco17":
+        vis[:, 5:] = 1.0  # shoulders .. ankles
+    elif settings.lifter_visibility == "labelled":
+        vis[:] = 1.0
+    elif settings.lifter_visibility != "record":
+        raise ValueError(f"lifter_visibility must be 'labelled' or 'record', got {settings.lifter_visibility!r}")
+    return jnp.asarray(vis)
+
+
 def lifter_stage(state: LoopState, template, train, settings: LoopSettings, progress=None):
     """Stage 1: trains the lifter; returns ``(state, metrics)``."""
     targets = mask = None
@@ -125,7 +144,7 @@ def lifter_stage(state: LoopState, template, train, settings: LoopSettings, prog
         targets = fit_keypoints3d(template, state.fits)
         mask = (~state.fit_flagged).astype(jnp.float32)
     new, history = lifter.train_lifter(
-        state.lifter, jnp.asarray(train["keypoints"]), jnp.asarray(train["keypoint_visible"]),
+        state.lifter, jnp.asarray(train["keypoints"]), lifter_visibility(train, settings),
         stage_rng(state), settings.lifter_epochs, settings.lifter_batch_size,
         mean_ratios=mean_bone_ratios(template, settings.keypoint_set),
         keypoint_set=settings.keypoint_set, hparams=settings.lifter,
@@ -146,8 +165,9 @@ def registration_stage(state: LoopState, template, train, settings: LoopSettings
         config = settings.first_registration
     depths = None
     if settings.use_lifter_depths:
-        depths = lifter.predict_depths(state.lifter, jnp.asarray(train["keypoints"]),
-                                       jnp.asarray(train["keypoint_visible"]), settings.keypoint_set)
+        lifter_vis = lifter_visibility(train, settings)
+        depths = lifter.predict_depths(state.lifter, jnp.asarray(train["keypoints"]), lifter_vis,
+                                       settings.keypoint_set)
     bs = min(settings.registration_batch_size, m)
     fits, reports = [], []
     for start in range(0, m, bs):
@@ -156,7 +176,7 @@ def registration_stage(state: LoopState, template, train, settings: LoopSettings
                  ("dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible")}
         if depths is not None:
             batch["keypoint_depth"] = depths[idx]
-            batch["keypoint_depth_mask"] = batch["keypoint_visible"]
+            batch["keypoint_depth_mask"] = lifter_vis[idx]
         chunk_init = (registration.init_params(template, batch, size) if init is None
                       else jax.tree_util.tree_map(lambda a: a[idx], init))
         p, r = registration.register(template, batch, chunk_init, config, size)
@@ -217,11 +237,10 @@ def evaluate_stage(state: LoopState, template, train, test, settings: LoopSettin
             out[f"regressor/test_{k}"] = v
         gt = _gt_params(test)
         gt_kp = jax.jit(body.forward)(template, gt).keypoints
-        lifted = lifter.lift(state.lifter, jnp.asarray(test["keypoints"]), jnp.asarray(test["keypoint_visible"]),
-                             settings.keypoint_set)
+        vis = lifter_visibility(test, settings)
+        lifted = lifter.lift(state.lifter, jnp.asarray(test["keypoints"]), vis, settings.keypoint_set)
         ks = skeletons.get_keypoint_set(settings.keypoint_set)
         gt_rel = (gt_kp - jnp.mean(gt_kp[:, jnp.asarray(ks.root)], 1, keepdims=True)) * 1000.0
-        vis = jnp.asarray(test["keypoint_visible"])  # the lifter outputs nothing for hidden keypoints
         out["lifter/test_pa_mpjpe"] = float(jnp.mean(metrics.pa_mpjpe(lifted, gt_rel, vis)))
     out["regressor/test_pixel_error"] = float(jnp.mean(metrics.pixel_error(
         pred.keypoints2d, jnp.asarray(test["keypoints"]), jnp.asarray(test["keypoint_visible"]))))

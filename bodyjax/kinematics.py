@@ -46,14 +46,19 @@ def chain(
     """
     parents = tuple(int(p) for p in parents)
     _check_parents(parents, local_rotations.shape[-3])
-    rots = [local_rotations[..., 0, :, :]]
-    pos = [jnp.broadcast_to(rest_joints[..., 0, :], rots[0].shape[:-2] + (3,))]
+    # One unstack per input instead of 24 slices: the gradient of a single unstack is one
+    # concatenation, while 24 slices turn into 24 padded adds in the backward pass.
+    local = jnp.unstack(local_rotations, axis=-3)
+    rest = jnp.unstack(rest_joints, axis=-2)
+    scales = None if bone_scales is None else jnp.unstack(bone_scales, axis=-1)
+    rots = [local[0]]
+    pos = [jnp.broadcast_to(rest[0], rots[0].shape[:-2] + (3,))]
     for j in range(1, len(parents)):
         p = parents[j]
-        offset = rest_joints[..., j, :] - rest_joints[..., p, :]
-        if bone_scales is not None:
-            offset = offset * bone_scales[..., p, None]
-        rots.append(rots[p] @ local_rotations[..., j, :, :])
+        offset = rest[j] - rest[p]
+        if scales is not None:
+            offset = offset * scales[p][..., None]
+        rots.append(rots[p] @ local[j])
         pos.append(pos[p] + _matvec(rots[p], offset))
     return jnp.stack(rots, axis=-3), jnp.stack(pos, axis=-2)
 
@@ -100,12 +105,9 @@ def blend_skin(rest_vertices: Array, weights: Array, transforms: Array) -> Array
     """
     flat = transforms.reshape(transforms.shape[:-2] + (12,))
     blended = jnp.matmul(weights, flat)  # (..., V, 12)
-    x, y, z = rest_vertices[..., 0], rest_vertices[..., 1], rest_vertices[..., 2]
-    rows = [
-        blended[..., 4 * r] * x + blended[..., 4 * r + 1] * y + blended[..., 4 * r + 2] * z
-        + blended[..., 4 * r + 3]
-        for r in range(3)
-    ]
+    x, y, z = jnp.unstack(rest_vertices, axis=-1)
+    c = jnp.unstack(blended, axis=-1)  # one unstack: a cheap backward pass (see chain)
+    rows = [c[4 * r] * x + c[4 * r + 1] * y + c[4 * r + 2] * z + c[4 * r + 3] for r in range(3)]
     return jnp.stack(rows, axis=-1)
 
 

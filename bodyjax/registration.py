@@ -82,7 +82,8 @@ class RegistrationReport:
       l_dense, l_kp, l_scale, l_angle, l_det: its terms (unweighted).
       dense_residual_px: mean reprojection error of the dense points, pixels.
       keypoint_residual_px: mean reprojection error of the visible keypoints, pixels.
-      num_points: correspondences used; num_dropped: correspondences dropped as invalid.
+      num_points: correspondences used; num_dropped: correspondences and keypoints dropped as
+        invalid (non-finite, or a vertex index out of range).
       diverged: the optimisation blew up (non-finite or exploding loss); the sample kept its best
         parameters.
       flagged: diverged, had invalid input, had no correspondences, or ended with a residual above
@@ -277,6 +278,10 @@ def register(template: body.BodyTemplate, batch: Mapping[str, Array], init: body
         return _total(config, terms)
 
     value_and_grad = jax.vmap(jax.value_and_grad(sample_loss), in_axes=(0, in_axes))
+    # A non-finite initialisation (e.g. a regressor that blew up) restarts from the T-pose.
+    init_ok = jax.tree_util.tree_reduce(jnp.logical_and, jax.tree_util.tree_map(
+        lambda x: jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim))), init))
+    init = _tree_where(init_ok, init, init_params(template, clean, image_size))
     params0 = normalize_params(init, image_size)
     params0 = params0.replace(rotation=jnp.asarray(params0.rotation, jnp.float32))
     lr = config.learning_rate

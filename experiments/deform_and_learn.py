@@ -24,9 +24,6 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment configuration.")
 flags.DEFINE_string("workdir", "workdir/default", "Where checkpoints, metrics and pictures go.")
-# orbax logs every checkpoint step at INFO; keep the console for progress bars and tables
-# (--verbosity=0 brings the INFO logs back).
-flags.FLAGS.set_default("verbosity", -1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,7 +47,7 @@ def loop_settings(config):
             mu_start=c.lifter.mu_start, mu_end=c.lifter.mu_end,
             angles_deg=tuple(float(a) for a in c.lifter.angles_deg),
             learning_rate=c.lifter.learning_rate, batch_size=c.lifter.batch_size,
-            num_epochs=c.lifter.epochs),
+            num_epochs=c.lifter.epochs, knee_weight=c.lifter.knee_weight),
         lifter_epochs=c.lifter.epochs, lifter_batch_size=c.lifter.batch_size,
         use_lifter_depths=c.lifter.use_depths,
         first_registration=registration.RegistrationConfig(
@@ -68,7 +65,8 @@ def loop_settings(config):
             batch_size=c.regressor.batch_size, alpha=c.regressor.alpha, beta=c.regressor.beta,
             gamma=c.regressor.gamma),
         regressor_epochs=c.regressor.epochs, regressor_batch_size=c.regressor.batch_size,
-        augment=augment.AugmentConfig() if c.regressor.augment else None)
+        augment=augment.AugmentConfig() if c.regressor.augment else None,
+        lifter_visibility=c.lifter.visibility)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,6 +297,10 @@ def _tensorboard(workdir: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        # orbax logs every checkpoint step at INFO: keep the console for progress bars and tables
+        # (--verbosity=0 brings the INFO logs back)
+        logging.set_verbosity(logging.WARNING)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

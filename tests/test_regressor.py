@@ -253,8 +253,15 @@ def test_train_step_one_step(template, fake, tiny_state):
     assert int(state.step) == 1
     changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                                      tiny_state.params, state.params)
-    assert changed["head"]["kernel"] and changed["head"]["bias"] and changed["backbone"]["conv1"]["kernel"]
-    assert np.mean(jax.tree_util.tree_leaves(changed)) > 0.9
+    bb = changed["backbone"]
+    assert changed["head"]["kernel"] and changed["head"]["bias"] and bb["conv1"]["kernel"] and bb["bn1"]["scale"]
+    # Each block starts as the identity (zero last-BN scale), so at step 1 only its last BatchNorm
+    # (and the shortcut projections) receive gradient; those must all move.
+    for name, block in bb.items():
+        if name.startswith("layer"):
+            assert block["bn2"]["scale"] and block["bn2"]["bias"], name
+            if "downsample_conv" in block:
+                assert block["downsample_conv"]["kernel"], name
     stats_changed = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), tiny_state.batch_stats, state.batch_stats))
     assert all(stats_changed)
@@ -328,8 +335,14 @@ def test_data_parallel_matches_single_device(template, fake, tiny_state, tmp_pat
     got = np.load(out)
     ref = [np.asarray(x) for x in jax.tree_util.tree_leaves(state1)]
     assert len(got.files) == len(ref)
-    for i, r in enumerate(ref):
-        np.testing.assert_allclose(got[f"s{i}"], r, rtol=1e-4, atol=2e-5)
+    # Adam normalises each gradient entry: where a gradient is ~0 (e.g. behind a zero-initialised
+    # BatchNorm scale) float round-off of the cross-device sum can flip its update by up to the
+    # learning rate. So: every entry within 2·lr·steps, and nearly all of them to round-off.
+    lr, steps = regressor.RegressorHParams().learning_rate, NUM_SAMPLES // BATCH
+    diffs = np.concatenate([np.abs(got[f"s{i}"].astype(np.float64) - r).ravel() / (1.0 + np.abs(r).ravel())
+                            for i, r in enumerate(ref)])
+    assert diffs.max() <= 2 * lr * steps, diffs.max()
+    assert np.mean(diffs > 1e-5) < 0.01, np.mean(diffs > 1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -421,6 +421,31 @@ def _variants(template):
             pos = pos.at[..., js, :].set(pos[..., ps, :] + kinematics._matvec(gp, off))
         return g, pos
 
+    # 5. the same code reading its per-joint / per-column pieces with ONE jnp.unstack instead of many
+    #    slices: the gradient of k slices is k pads added together, which XLA fuses into a loop that
+    #    evaluates every pad for every element (O(k * size)); the gradient of unstack is one stack.
+    def chain_unstack(local, rest_joints, parents, bone_scales=None):
+        parents = tuple(int(p) for p in parents)
+        loc = jnp.unstack(local, axis=-3)
+        sc = None if bone_scales is None else jnp.unstack(bone_scales, axis=-1)
+        rj = jnp.unstack(rest_joints, axis=-2)
+        rots = [loc[0]]
+        pos = [jnp.broadcast_to(rj[0], loc[0].shape[:-2] + (3,))]
+        for j in range(1, len(parents)):
+            p = parents[j]
+            offset = rj[j] - rj[p]
+            if sc is not None:
+                offset = offset * sc[p][..., None]
+            rots.append(rots[p] @ loc[j])
+            pos.append(pos[p] + kinematics._matvec(rots[p], offset))
+        return jnp.stack(rots, axis=-3), jnp.stack(pos, axis=-2)
+
+    def blend_unstack(rest, weights, transforms):
+        flat = transforms.reshape(transforms.shape[:-2] + (12,))
+        c = jnp.unstack(jnp.matmul(weights, flat), axis=-1)
+        x, y, z = jnp.unstack(rest, axis=-1)
+        return jnp.stack([c[4 * r] * x + c[4 * r + 1] * y + c[4 * r + 2] * z + c[4 * r + 3] for r in range(3)], -1)
+
     K, B = kinematics, body
     compact_kp = (B, "forward_points", make_forward(False, True))
     level_chain = (K, "chain", chain_by_level)
@@ -434,10 +459,15 @@ def _variants(template):
         "compact kp + level chain": (compact_kp, level_chain),
         "compact kp + level chain + broadcast blend": (
             compact_kp, level_chain, (K, "blend_skin", blend_homogeneous)),
+        "chain reads joints with jnp.unstack": ((K, "chain", chain_unstack),),
+        "blend_skin reads columns with jnp.unstack": ((K, "blend_skin", blend_unstack),),
+        "both unstack rewrites": ((K, "chain", chain_unstack), (K, "blend_skin", blend_unstack)),
+        "both unstack rewrites + compact kp": (
+            (K, "chain", chain_unstack), (K, "blend_skin", blend_unstack), compact_kp),
     }
 
 
-def profile(template, batch, config, repeats: int):
+def profile(template, batch, config, repeats: int, only=None):
     """Where the time of one register call goes, and what rewrites of the body model would save."""
     image = (IMAGE_SIZE, IMAGE_SIZE)
     bsz = batch["dense_xy"].shape[0]
@@ -448,6 +478,9 @@ def profile(template, batch, config, repeats: int):
     thunk_profile(compiled, lambda: compiled(template, batch, init), config.num_steps)
     compiled_variants = {}
     for name, patches in _variants(template).items():
+        if only and name != "baseline (register as is)" and not any(o in name for o in only):
+            continue
+
         def fresh(*a, **k):  # a new function object: jit's trace caches are keyed on it
             return reg.register.__wrapped__(*a, **k)
         with patched(*patches):
@@ -540,6 +573,7 @@ def main():
     ap.add_argument("--profile", action="store_true",
                     help="per-op profile and what-if variants at the smallest batch and the largest batch >= 64")
     ap.add_argument("--profile-only", action="store_true", help="skip the table, only --profile")
+    ap.add_argument("--variants", nargs="*", default=None, help="profile only these variants (substring match)")
     ap.add_argument("--host-devices", type=int, default=1,
                     help="split the CPU into N XLA devices and shard the batch over them (NamedSharding P('batch'))")
     args = ap.parse_args()
@@ -566,7 +600,7 @@ def main():
         big = [b for b in args.batches if b >= 64]
         bsz = max(big) if big else max(args.batches)
         for b in sorted(set([min(args.batches)] + [bsz])):
-            profile(template, jax.device_put(subset(data, b)), reg.stiff_config(), args.repeats)
+            profile(template, jax.device_put(subset(data, b)), reg.stiff_config(), args.repeats, args.variants)
     print(load_line("end"))
 
 

@@ -341,8 +341,8 @@ def main(argv=None):
         print(f"{label}: {sec:.0f} s, {rows[-1][1]}", flush=True)
 
     print()
-    print(f"Conditions: train {args.train}, test {args.test}, epochs {args.epochs} (round 2: "
-          f"{round2_epochs}), width {args.width}, batch {args.batch}, lr {args.lr:g}, seed "
+    r2 = f" (round 2: {round2_epochs})" if "round2" in runs else ""
+    print(f"Conditions: train {args.train}, test {args.test}, epochs {args.epochs}{r2}, width {args.width}, batch {args.batch}, lr {args.lr:g}, seed "
           f"{args.seed}, visibility {args.visibility}, backend {jax.default_backend()}, "
           f"total {time.time() - t_start:.0f} s")
     print("| method                                | MPJPE   | PA-MPJPE| MPJPE vs| PA vs   "

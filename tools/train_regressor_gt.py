@@ -37,6 +37,19 @@ from bodyjax.data import synthetic  # noqa: E402
 from bodyjax.rotations import axis_angle_to_quaternion, quaternion_to_axis_angle, standardize_quaternion  # noqa: E402
 
 
+def load_split(template, cfg, seed: int, num: int, cache=None) -> dict:
+    """``synthetic.make_split``, optionally cached as ``{cache}/synthetic_{size}px_seed{seed}_{num}.npz``."""
+    path = None if cache is None else os.path.join(cache, f"synthetic_{cfg.image_size}px_seed{seed}_{num}.npz")
+    if path is not None and os.path.exists(path):
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    data = synthetic.make_split(template, cfg, seed=seed, num_samples=num)
+    if path is not None:
+        os.makedirs(cache, exist_ok=True)
+        np.savez(path, **data)
+    return data
+
+
 def gt_params(data: dict) -> body.BodyParams:
     """The samples' ground truth as pixel-unit :class:`~bodyjax.body.BodyParams` ``(M,)``."""
     return body.BodyParams(pose=data["gt_pose"], segment_scales=data["gt_segment_scales"],
@@ -84,22 +97,33 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64, help="synthetic images and network input, px")
     parser.add_argument("--pose-head", default="quaternion", choices=regressor.POSE_HEADS)
-    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--weights", type=float, nargs=3, default=(1.0, 10.0, 1.0), metavar=("ALPHA", "BETA", "GAMMA"),
+                        help="eq. 13 weights of L_regress, L_dense, L_KP (the paper: 1 10 1)")
+    parser.add_argument("--smooth-l1-beta", type=float, default=1.0, help="threshold of the smooth L1 (eq. 14)")
+    parser.add_argument("--lr-final", type=float, default=1.0,
+                        help="cosine-decay the learning rate to this fraction (1 = constant)")
+    parser.add_argument("--augment", default="full", choices=("full", "flip", "none"),
+                        help="full: AugmentConfig(); flip: left/right flips only; none: no augmentation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=None, help="directory to keep the generated data sets in (.npz)")
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
     template = body.default_template()
     cfg = synthetic.SyntheticConfig(image_size=args.image_size)
-    train = synthetic.make_split(template, cfg, seed=args.seed, num_samples=args.train)
-    test = synthetic.make_split(template, cfg, seed=args.seed + 1, num_samples=args.test)
+    train = load_split(template, cfg, args.seed, args.train, args.cache)
+    test = load_split(template, cfg, args.seed + 1, args.test, args.cache)
     t_data = time.perf_counter() - t_start
 
     config = regressor.cpu_config(depth=args.depth, width=args.width, image_size=args.image_size,
                                   pose_head=args.pose_head)
     hparams = dataclasses.replace(regressor.RegressorHParams(), learning_rate=args.lr,
-                                  num_epochs=args.epochs, batch_size=args.batch)
-    aug = None if args.no_augment else augment.AugmentConfig()
+                                  num_epochs=args.epochs, batch_size=args.batch, lr_final_fraction=args.lr_final,
+                                  alpha=args.weights[0], beta=args.weights[1], gamma=args.weights[2],
+                                  smooth_l1_beta=args.smooth_l1_beta)
+    aug = {"full": augment.AugmentConfig(), "none": None,
+           "flip": augment.AugmentConfig(scale_range=(1.0, 1.0), rotation=0.0, translate=0.0, brightness=0.0,
+                                         contrast=0.0, saturation=0.0)}[args.augment]
     print(f"config: {config}\nhparams: {hparams}\naugment: {aug}")
     print(f"data: {args.train} train / {args.test} test synthetic images of {args.image_size} px "
           f"({t_data:.1f} s); jax {jax.__version__}, {jax.device_count()} device(s), "
