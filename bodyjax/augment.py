@@ -144,17 +144,32 @@ def random_affine(image_hw: tuple[int, int], out_size, rng: Optional[np.random.G
     return transforms.crop_affine(box, out_size, scale=1.0 / zoom, rotation=rot)
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
-    """Brightness, contrast and saturation jitter of a uint8 ``(H, W, 3)`` image."""
-    img = image.astype(np.float32)
-    b = rng.uniform(1 - config.brightness, 1 + config.brightness)
-    c = rng.uniform(1 - config.contrast, 1 + config.contrast)
-    s = rng.uniform(1 - config.saturation, 1 + config.saturation)
+def color_factors(rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """``(3,)`` brightness, contrast and saturation factors drawn uniformly in ``1 ± config.*``."""
+    return np.array([rng.uniform(1 - config.brightness, 1 + config.brightness),
+                     rng.uniform(1 - config.contrast, 1 + config.contrast),
+                     rng.uniform(1 - config.saturation, 1 + config.saturation)], np.float32)
+
+
+def apply_color(images: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Colour jitter of uint8 ``(..., H, W, 3)`` images with ``(..., 3)`` factors (vectorised).
+
+    Brightness scales the image, saturation blends each pixel with its luma, contrast blends the
+    image with its mean intensity.
+    """
+    img = images.astype(np.float32)
+    f = np.asarray(factors, np.float32)[..., None, None, :]
+    b, c, s = f[..., 0:1], f[..., 1:2], f[..., 2:3]
     img = img * b
-    gray = img @ np.array([0.299, 0.587, 0.114], np.float32)
-    img = gray[..., None] + s * (img - gray[..., None])
-    img = img.mean() + c * (img - img.mean())
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    gray = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    img = gray + s * (img - gray)
+    mean = img.mean(axis=(-3, -2, -1), keepdims=True)
+    return np.clip(mean + c * (img - mean) + 0.5, 0, 255).astype(np.uint8)
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """Brightness, contrast and saturation jitter of one uint8 ``(H, W, 3)`` image."""
+    return apply_color(image, color_factors(rng, config))
 
 
 def augment_sample(sample: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray], template,
@@ -175,18 +190,27 @@ def augment_sample(sample: Mapping[str, np.ndarray], target: Mapping[str, np.nda
       ``(sample', target')`` with ``sample'['image']`` of size ``out_size``; target in the new
       image's pixels.
     """
+    out, tgt, factors = _geometry(sample, target, template, out_size, rng, config)
+    if factors is not None:
+        out["image"] = apply_color(out["image"], factors)
+    return out, tgt
+
+
+def _geometry(sample, target, template, out_size, rng, config):
+    """The warp and flip of :func:`augment_sample`, plus the colour factors (``None`` without config)."""
     sample = dict(sample)
     sample.setdefault("has_gt", np.float32(0.0))
     image_hw = np.asarray(sample["image"]).shape[:2]
     affine = random_affine(image_hw, out_size, rng, config)
     out = transforms.affine_sample(sample, affine, out_size)
     tgt = affine_target(target, affine)
+    factors = None
     if config is not None:
         if rng.random() < config.flip_prob:
             out = transforms.flip_horizontal(out, template)
             tgt = flip_target(tgt, np.asarray(template.joint_mirror), out["image"].shape[1])
-        out["image"] = color_jitter(out["image"], rng, config)
-    return out, tgt
+        factors = color_factors(rng, config)
+    return out, tgt, factors
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,13 +235,16 @@ def augment_batch(batch: Mapping[str, np.ndarray], targets: Mapping[str, np.ndar
     """
     rng = np.random.default_rng(seed)
     n = len(np.asarray(batch["image"]))
-    samples, tgts = [], []
-    for i in range(n):
-        s, t = augment_sample({k: v[i] for k, v in batch.items()}, {k: targets[k][i] for k in TARGET_KEYS},
-                              template, out_size, rng, config)
+    samples, tgts, factors = [], [], []
+    for i in range(n):   # same draws, in the same order, as augment_sample
+        s, t, f = _geometry({k: v[i] for k, v in batch.items()}, {k: targets[k][i] for k in TARGET_KEYS},
+                            template, out_size, rng, config)
         samples.append(s)
         tgts.append(t)
+        factors.append(f)
     out = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+    if config is not None:
+        out["image"] = apply_color(out["image"], np.stack(factors))
     return out, {k: np.stack([t[k] for t in tgts]) for k in TARGET_KEYS}
 
 
@@ -228,5 +255,5 @@ def resize_image(image: np.ndarray, out_size) -> np.ndarray:
 
 
 __all__ = ["AugmentConfig", "TARGET_KEYS", "target_from_params", "params_from_target", "affine_target",
-           "flip_target", "random_affine", "color_jitter", "augment_sample", "augment_batch",
-           "resize_image"]
+           "flip_target", "random_affine", "color_factors", "apply_color", "color_jitter", "augment_sample",
+           "augment_batch", "resize_image"]

@@ -226,19 +226,38 @@ def test_regression_loss_zero_at_target_and_sign_invariant(head):
         np.testing.assert_allclose(np.asarray(jnp.sum(jnp.abs(p2 - t2) * m2, -1)), 0.0, atol=2e-5)
 
 
-def test_loss_terms_zero_at_exact_prediction(template, fake):
-    """Head output = targets, points = their projections ⇒ every term of eq. 13 vanishes."""
-    data, target = fake
-    batch = regressor.make_batch(data, target)
-    norm = regressor.params_to_normalized(augment.params_from_target(target), data["image"].shape[1:3])
-    out = regressor.encode_head(norm, "quaternion")
-    loss_terms = jax.jit(regressor.loss_terms, static_argnums=(3, 4))
-    loss, terms = loss_terms(out, batch, template, TINY, regressor.RegressorHParams())
-    for k in ("l_regress", "l_dense", "l_kp"):
+def _constant_state(state, out):
+    """``state`` whose network outputs ``out (head_size,)`` for every image (zero head kernel)."""
+    head = dict(state.params["head"], kernel=jnp.zeros_like(state.params["head"]["kernel"]), bias=out)
+    return state.replace(params=dict(state.params, head=head))
+
+
+def test_eval_loss_zero_at_exact_prediction(template, tiny_state):
+    """Output = targets, points = their projections ⇒ every term of eq. 13 vanishes (eval_step)."""
+    rng = np.random.default_rng(12)
+    size = TINY.image_size
+    one = _random_params(rng, 1, size)
+    target = {k: np.repeat(v, BATCH, axis=0) for k, v in one.items()}
+    vid = rng.integers(0, template.num_vertices, (BATCH, NUM_POINTS)).astype(np.int32)
+    xy, kp = _project(template, augment.params_from_target(target), vid)
+    data = {"image": rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8), "dense_xy": xy,
+            "dense_vertex": vid, "dense_mask": np.ones((BATCH, NUM_POINTS), np.float32), "keypoints": kp,
+            "keypoint_visible": np.ones((BATCH, template.num_keypoints), np.float32)}
+    norm = regressor.params_to_normalized(augment.params_from_target(one), (size, size))
+    state = _constant_state(tiny_state, regressor.encode_head(norm, "quaternion")[0])
+    terms = regressor.eval_step(state, regressor.make_batch(data, target), template)
+    for k in ("l_regress", "l_dense", "l_kp", "loss"):
         assert float(terms[k]) < 1e-6, (k, terms[k])
-    batch2 = dict(batch, dense_xy=batch["dense_xy"] + 1.0)   # one pixel off
-    _, terms2 = loss_terms(out, batch2, template, TINY, regressor.RegressorHParams())
-    np.testing.assert_allclose(terms2["l_dense"], 2.0 / (TINY.image_size / 2) ** 2, rtol=1e-3)
+    # one pixel off in x for every correspondence: mean squared error (1 / half)² in normalised units
+    shifted = dict(data, dense_xy=data["dense_xy"] + np.array([1.0, 0.0], np.float32))
+    terms = regressor.eval_step(state, regressor.make_batch(shifted, target), template)
+    np.testing.assert_allclose(terms["l_dense"], 1.0 / (size / 2) ** 2, rtol=1e-3)
+    # evaluate: data-set means, the last partial batch padded and excluded (same compiled step)
+    ev = regressor.evaluate(state, {k: v[:5] for k, v in shifted.items()},
+                            augment.params_from_target({k: v[:5] for k, v in target.items()}), batch_size=BATCH,
+                            template=template)
+    np.testing.assert_allclose(ev["l_dense"], 1.0 / (size / 2) ** 2, rtol=1e-3)
+    assert ev["l_regress"] < 1e-6 and ev["l_kp"] < 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,10 +331,22 @@ print(json.dumps(hist))
 """
 
 
-def test_data_parallel_matches_single_device(template, fake, tiny_state, tmp_path):
-    """Batch sharded over 4 forced CPU devices (subprocess) = the 1-device result."""
-    data, target = fake
-    inp, out = tmp_path / "in.npz", tmp_path / "out.npz"
+_DP_TEST = "test_data_parallel_matches_single_device"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_parallel_run(request, tmp_path_factory):
+    """Starts the 4-device subprocess of the data-parallel test as soon as the module starts.
+
+    It compiles and runs while the other tests run here (only when that test is selected).
+    """
+    if not any(item.name == _DP_TEST for item in request.session.items):
+        yield None
+        return
+    data, target = request.getfixturevalue("fake")
+    tiny_state = request.getfixturevalue("tiny_state")
+    tmp = tmp_path_factory.mktemp("dp")
+    inp, out = tmp / "in.npz", tmp / "out.npz"
     arrays = {f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(tiny_state))}
     arrays.update({f"d_{k}": v for k, v in data.items()})
     arrays.update({f"t_{k}": v for k, v in target.items()})
@@ -324,7 +355,17 @@ def test_data_parallel_matches_single_device(template, fake, tiny_state, tmp_pat
                PYTHONPATH=REPO)
     proc = subprocess.Popen([sys.executable, "-c", _DP_SCRIPT, str(inp), str(out)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Meanwhile, the single-device reference here (same data, same seed, no augmentation).
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def test_data_parallel_matches_single_device(template, fake, tiny_state, data_parallel_run):
+    """Batch sharded over 4 forced CPU devices (subprocess) = the 1-device result."""
+    data, target = fake
+    proc, out = data_parallel_run
+    # The single-device reference here (same data, same seed, no augmentation).
     state1, hist1 = regressor.train_regressor(tiny_state, data, augment.params_from_target(target), 0,
                                               num_epochs=1, batch_size=BATCH, template=template, augment=None)
     stdout, stderr = proc.communicate(timeout=600)
@@ -548,9 +589,10 @@ def _torch_resnet(torch, sd, depth, x):
     return h.mean(dim=(2, 3))
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-def test_imported_weights_match_torch(depth, tmp_path):
+def test_imported_weights_match_torch(tmp_path):
+    """Imported (bottleneck) ResNet50 features equal a torch forward with the same weights."""
     torch = pytest.importorskip("torch")
+    depth = 50
     sd = _random_state_dict(_torchvision_layout(depth, width=8), seed=depth)
     np.savez(tmp_path / "w.npz", **sd)
     net = resnet.ResNet(depth=depth, width=8)
