@@ -13,13 +13,11 @@ import copy
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from experiments import deform_and_learn
+from experiments import deform_and_learn  # defines --config and --workdir
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment configuration.")
-flags.DEFINE_string("workdir", "workdir/ablation", "Parent directory of the two runs.")
+FLAGS.set_default("workdir", "workdir/ablation")  # here: the parent directory of the two runs
 
 KEYS = (("regressor/test_mpjpe", "test MPJPE mm"), ("regressor/test_pa_mpjpe", "test PA-MPJPE mm"),
         ("regressor/test_pck150", "test PCK@150"), ("registration/train_pa_mpjpe", "fit PA-MPJPE mm"))
