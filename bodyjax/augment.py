@@ -248,12 +248,6 @@ def augment_batch(batch: Mapping[str, np.ndarray], targets: Mapping[str, np.ndar
     return out, {k: np.stack([t[k] for t in tgts]) for k in TARGET_KEYS}
 
 
-def resize_image(image: np.ndarray, out_size) -> np.ndarray:
-    """Whole-image resize of ``(H, W, 3)`` with the same pixel-centre convention as the warps."""
-    affine = random_affine(np.asarray(image).shape[:2], out_size, None, None)
-    return transforms.warp_image(image, affine, out_size)
-
-
 __all__ = ["AugmentConfig", "TARGET_KEYS", "target_from_params", "params_from_target", "affine_target",
            "flip_target", "random_affine", "color_factors", "apply_color", "color_jitter", "augment_sample",
-           "augment_batch", "resize_image"]
+           "augment_batch"]

@@ -70,7 +70,8 @@ Training
 :func:`create_state` builds a :class:`RegressorState` (a ``flax.training.train_state.TrainState``
 with ``batch_stats`` and the static :class:`RegressorConfig`); :func:`train_step` and
 :func:`eval_step` are pure jitted functions of the state and a batch; :func:`train_regressor` runs
-epochs of host-side augmented batches (:mod:`bodyjax.augment`). Data parallelism: a 1-D device mesh
+epochs of host-side augmented batches (:mod:`bodyjax.augment`) with Adam (constant learning rate by
+default, as the paper; ``lr_final_fraction`` cosine-decays it). Data parallelism: a 1-D device mesh
 with axis ``'batch'`` (:func:`make_mesh`); the batch is sharded along it with a ``NamedSharding``,
 the state and the template are replicated, and XLA inserts the gradient and BatchNorm all-reduces,
 so the result equals the one-device result up to float round-off.
@@ -128,8 +129,6 @@ class RegressorConfig:
       keypoint_set: keypoint definition of the data (``'coco17'`` or ``'joints24'``).
       zero_init_residual: see :class:`bodyjax.resnet.ResNet`.
       dtype: computation dtype of the backbone (``'float32'`` or ``'bfloat16'``).
-      stem_pool: the ResNet stem's max-pool (see :class:`bodyjax.resnet.ResNet`); ``False`` keeps
-        twice the spatial resolution for small inputs.
     """
 
     depth: int = 50
@@ -142,7 +141,6 @@ class RegressorConfig:
     keypoint_set: str = "coco17"
     zero_init_residual: bool = True
     dtype: str = "float32"
-    stem_pool: bool = True
 
     def __post_init__(self):
         if self.pose_head not in POSE_HEADS:
@@ -454,7 +452,7 @@ class Regressor(nn.Module):
     def __call__(self, images: Array, train: bool = False) -> Array:
         cfg = self.config
         feats = ResNet(depth=cfg.depth, width=cfg.width, zero_init_residual=cfg.zero_init_residual,
-                       dtype=jnp.dtype(cfg.dtype), stem_pool=cfg.stem_pool, name="backbone")(images, train)
+                       dtype=jnp.dtype(cfg.dtype), name="backbone")(images, train)
         bias = jnp.asarray(rest_head(cfg.pose_head, cfg.typical_scale))
         return nn.Dense(head_size(cfg.pose_head), kernel_init=nn.initializers.normal(cfg.head_init_std),
                         bias_init=lambda *_: bias, name="head")(feats)

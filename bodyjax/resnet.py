@@ -93,7 +93,6 @@ class Conv(nn.Module):
     kernel_size: int
     strides: int = 1
     dtype: Any = jnp.float32
-    stem_pool: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -154,16 +153,12 @@ class ResNet(nn.Module):
       zero_init_residual: initialise the last BatchNorm scale of every block to zero, so each block
         starts as the identity (helps training from scratch; overwritten by imported weights).
       dtype: computation dtype (parameters stay float32).
-      stem_pool: the stem's 3×3 max-pool (the standard network). Without it every feature map is
-        twice as large (total stride 16): more spatial detail for small inputs, 4× the FLOPs per
-        channel; the parameters are the same.
     """
 
     depth: int = 50
     width: int = 64
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
-    stem_pool: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -178,8 +173,7 @@ class ResNet(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                          name="bn1")(x)
         x = nn.relu(x)
-        if self.stem_pool:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         in_features = self.width
         for stage, n in enumerate(blocks):
             features = self.width * 2 ** stage

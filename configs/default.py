@@ -42,6 +42,9 @@ def get_config(variant: str = ""):
     c.lifter.use_depths = True            # z^GAN in eq. 9
     c.lifter.knee_weight = 1.0            # EXTENSION (not in the paper): knee-direction prior that breaks
                                           # eq. 1-4's exact depth-mirror ambiguity (bodyjax/lifter.py)
+    c.lifter.face_weight = 1.0            # EXTENSION: face-direction prior (nose in front of the ears)
+    c.lifter.discriminator_keypoints = "body"  # D sees the body keypoints: the face is labelled only
+                                          # when seen, so a rotated labelled face would betray the fakes
     c.lifter.visibility = "labelled"      # body keypoints count as labelled (COCO convention)
 
     c.registration = ml_collections.ConfigDict()  # appendix 3 and 5.1
@@ -70,6 +73,9 @@ def get_config(variant: str = ""):
     c.regressor.beta = 10.0               # β (dense)
     c.regressor.gamma = 1.0               # γ (keypoints)
     c.regressor.augment = True            # scale, rotation, flip with left/right swap, colour
+    c.regressor.flip_prob = 0.0           # no flips on the synthetic set: its renderer mixes the fixed,
+                                          # side-specific DensePose part colours into the clothes, so a
+                                          # mirrored image contradicts its swapped labels (real data: 0.5)
     c.regressor.pretrained = ""           # torchvision-layout ResNet50 weights (.safetensors/.npz)
 
     if variant == "smoke":

@@ -17,6 +17,7 @@ def get_config(variant: str = ""):
     c.data.manual_dir = ""
     c.data.train_size = -1                # all usable annotations
     c.data.test_size = -1
+    c.regressor.flip_prob = 0.5           # real images: left/right flips with the label swap
     if variant:
         raise ValueError(f"configs/densepose_coco.py has no variant {variant!r}")
     return c

@@ -17,6 +17,7 @@ def get_config(variant: str = ""):
     c.lifter.epochs = 50
     c.lifter.batch_size = 1024
     c.lifter.knee_weight = 0.0            # the paper's eq. 6 exactly
+    c.lifter.face_weight = 0.0            # (D on the body keypoints, inherited: data labelling, not eq. 6)
     c.registration.batch_size = 1000      # one jitted call fits the whole chunk (paper: 10)
     c.regressor.depth = 50
     c.regressor.width = 64

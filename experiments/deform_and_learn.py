@@ -47,7 +47,9 @@ def loop_settings(config):
             mu_start=c.lifter.mu_start, mu_end=c.lifter.mu_end,
             angles_deg=tuple(float(a) for a in c.lifter.angles_deg),
             learning_rate=c.lifter.learning_rate, batch_size=c.lifter.batch_size,
-            num_epochs=c.lifter.epochs, knee_weight=c.lifter.knee_weight),
+            num_epochs=c.lifter.epochs, knee_weight=c.lifter.knee_weight,
+            face_weight=c.lifter.face_weight,
+            discriminator_keypoints=c.lifter.discriminator_keypoints),
         lifter_epochs=c.lifter.epochs, lifter_batch_size=c.lifter.batch_size,
         use_lifter_depths=c.lifter.use_depths,
         first_registration=registration.RegistrationConfig(
@@ -65,7 +67,8 @@ def loop_settings(config):
             batch_size=c.regressor.batch_size, alpha=c.regressor.alpha, beta=c.regressor.beta,
             gamma=c.regressor.gamma),
         regressor_epochs=c.regressor.epochs, regressor_batch_size=c.regressor.batch_size,
-        augment=augment.AugmentConfig() if c.regressor.augment else None,
+        augment=(augment.AugmentConfig(flip_prob=c.regressor.flip_prob) if c.regressor.augment
+                 else None),
         lifter_visibility=c.lifter.visibility)
 
 

@@ -1,5 +1,7 @@
 """Tests for bodyjax.lifter (multi-view cGAN lifter, eq. 1-6) and bodyjax.skeletons."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -376,14 +378,62 @@ def test_l_knee_zero_for_real_knees_penalises_mirror_and_masks():
                                rtol=1e-4, atol=1e-6)
 
 
+def _np_face_direction(p):
+    """cos(nose - ear, (hip_L - hip_R) x (shoulder_mid - hip_mid)) for the (left, right) ear."""
+    fwd = np.cross(p[..., 11, :] - p[..., 12, :],
+                   0.5 * (p[..., 5, :] + p[..., 6, :]) - 0.5 * (p[..., 11, :] + p[..., 12, :]))
+    out = []
+    for ear in (3, 4):
+        f = p[..., 0, :] - p[..., ear, :]
+        out.append(np.sum(f * fwd, -1) / (np.linalg.norm(f, axis=-1) * np.linalg.norm(fwd, axis=-1)))
+    return np.stack(out, -1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), k=st.floats(0.01, 300.0))
+def test_face_direction_matches_numpy_rotation_invariant_mirror_odd(seed, k):
+    rng = np.random.default_rng(seed)
+    base = _base_coco_skeleton()                      # facing the camera (-z), nose in front
+    rot = _np_random_rotation(rng)
+    pts = k * (base @ rot.T + rng.standard_normal(3))   # offset scaled too: float32 resolution
+    expected = _np_face_direction(base)
+    assert np.all(expected > 0.5)
+    got = np.asarray(lifter.face_direction(jnp.asarray(pts, jnp.float32)))
+    np.testing.assert_allclose(got, _np_face_direction(pts), atol=2e-4)
+    np.testing.assert_allclose(got, expected, atol=2e-4)  # rotation and scale invariant
+    mirrored = np.asarray(lifter.face_direction(jnp.asarray(pts * MIRROR_Z, jnp.float32)))
+    np.testing.assert_allclose(mirrored, -got, atol=2e-4)
+
+
+def test_l_face_zero_for_real_faces_penalises_mirror_and_masks():
+    rng = np.random.default_rng(15)
+    pts = _base_coco_skeleton() @ _np_rot_y(-0.7).T
+    batch = jnp.asarray(np.stack([pts, pts * MIRROR_Z, pts * MIRROR_Z, pts * MIRROR_Z]), jnp.float32)
+    vis = jnp.ones((4, 17)).at[2, 4].set(0).at[3, 0].set(0)   # right ear hidden; nose hidden
+    got = np.asarray(lifter.l_face(batch, vis))
+    d = _np_face_direction(pts)
+    np.testing.assert_allclose(got, [0.0, d.sum(), d[0], 0.0], rtol=1e-4, atol=1e-6)
+    assert float(lifter.l_face(batch[1], jnp.ones(17).at[6].set(0))) == 0  # shoulder hidden
+    noisy = _random_poses(rng, 6, noise=0.1) * MIRROR_Z
+    ref = np.maximum(-_np_face_direction(noisy), 0).sum(-1)
+    np.testing.assert_allclose(lifter.l_face(jnp.asarray(noisy, jnp.float32), jnp.ones(17)), ref,
+                               rtol=1e-4, atol=1e-6)
+    # Keypoint sets without a face: no prior (and a clear error from face_direction).
+    assert not lifter.has_face(J24) and lifter.has_face("coco17")
+    np.testing.assert_array_equal(lifter.l_face(jnp.ones((2, 24, 3)), jnp.ones((2, 24)), J24), 0)
+    with pytest.raises(ValueError, match="joints24"):
+        lifter.face_direction(jnp.ones((24, 3)), J24)
+
+
 def test_loss_weights_enter_the_generator_loss():
     hp = lifter.LifterHParams(hidden=64, learning_rate=1e-3, ratio_weight=0.5, sym_weight=0.25,
-                              knee_weight=2.0)
+                              knee_weight=2.0, face_weight=3.0)
     state = lifter.create_lifter_state(jax.random.PRNGKey(1), 17, hp)
     _, m = lifter.train_step(state, _batch(), jax.random.PRNGKey(2), 0.0,
                              mean_ratios=MEAN_RATIOS, hparams=hp)
     assert float(m["knee"]) > 0  # an untrained generator bends some knees forwards
-    expected = (hp.epsilon * m["adv_g"] + 0.5 * m["ratio"] + 0.25 * m["sym"] + 2.0 * m["knee"])
+    expected = (hp.epsilon * m["adv_g"] + 0.5 * m["ratio"] + 0.25 * m["sym"] + 2.0 * m["knee"]
+                + 3.0 * m["face"])
     np.testing.assert_allclose(float(m["loss_g"]), float(expected), rtol=1e-5)
 
 
@@ -512,3 +562,43 @@ def test_predict_depths_matches_normalised_targets():
     d = lifter.predict_depths(state, kp, vis)
     root = joints3d[:, 11:13, 2].mean(1, keepdims=True)
     np.testing.assert_allclose(d, joints3d[..., 2] - root, rtol=1e-4, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The discriminator's keypoints
+
+
+def test_discriminator_mask():
+    np.testing.assert_array_equal(lifter.discriminator_mask("coco17", "body"), [0] * 5 + [1] * 12)
+    np.testing.assert_array_equal(lifter.discriminator_mask("coco17", "all"), np.ones(17))
+    np.testing.assert_array_equal(lifter.discriminator_mask("joints24", "body"), np.ones(24))
+    with pytest.raises(ValueError, match="discriminator_keypoints"):
+        lifter.LifterHParams(discriminator_keypoints="face")
+
+
+@pytest.mark.parametrize("which", ["all", "body"])
+def test_body_discriminator_ignores_the_face(which):
+    """With D on the body keypoints, the face's coordinates and labels cannot change D's loss.
+
+    G is zeroed (flat depths), so the fakes depend on the 2D input alone; moving and hiding face
+    keypoints then leaves D's real and fake inputs unchanged for 'body' and changes them for 'all'.
+    """
+    hp = dataclasses.replace(SMALL, discriminator_keypoints=which)
+    state = lifter.create_lifter_state(jax.random.PRNGKey(3), 17, hp)
+    zero_g = state.generator.replace(
+        params=jax.tree_util.tree_map(jnp.zeros_like, state.generator.params))
+    state = state.replace(generator=zero_g)
+    batch = _batch()
+    kp = np.asarray(batch["keypoints2d"]).copy()
+    vis = np.asarray(batch["visibility"]).copy()
+    kp[:, :5] += np.random.default_rng(4).normal(0.0, 20.0, (kp.shape[0], 5, 2))
+    vis[::2, 3:5] = 0.0
+    other = dict(keypoints2d=jnp.asarray(kp), visibility=jnp.asarray(vis))
+    _, m1 = lifter.train_step(state, batch, jax.random.PRNGKey(5), 0.0, mean_ratios=MEAN_RATIOS,
+                              hparams=hp)
+    _, m2 = lifter.train_step(state, other, jax.random.PRNGKey(5), 0.0, mean_ratios=MEAN_RATIOS,
+                              hparams=hp)
+    if which == "body":
+        np.testing.assert_allclose(float(m1["loss_d"]), float(m2["loss_d"]), rtol=1e-5)
+    else:
+        assert abs(float(m1["loss_d"]) - float(m2["loss_d"])) > 1e-4
