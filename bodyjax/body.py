@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
-from bodyjax import kinematics
+from bodyjax import checks, kinematics
 from bodyjax.camera import weak_perspective
 from bodyjax.rotations import axis_angle_to_matrix, gram_schmidt
 
@@ -63,6 +63,9 @@ class BodyTemplate:
       kp_joint_weights: ``(K, 24)`` keypoints as combinations of joints ...
       kp_vertex_ids: ``(K, M)`` int32 ... plus combinations of surface vertices
       kp_vertex_weights: ``(K, M)`` (a keypoint is ``W_J @ joints + Σ_m w_km v[id_km]``).
+      posedirs: optional ``(P, V, 3)`` pose blend shapes, ``P = 9 · 23`` (SMPL's, see
+        :mod:`bodyjax.smpl`): the rest vertices move by ``Σ_n (R_j − I)_n P_n`` over the non-root
+        joints' local rotations before skinning. ``None`` (the MakeHuman body) skips them.
     Static fields:
       parents: kinematic tree, ``parents[0] == -1``.
       hinge_joints: indices of the hinge joints (elbows and knees).
@@ -83,6 +86,7 @@ class BodyTemplate:
     kp_joint_weights: Array
     kp_vertex_ids: Array
     kp_vertex_weights: Array
+    posedirs: Optional[Array] = None
     parents: tuple = flax.struct.field(pytree_node=False, default=PARENTS)
     hinge_joints: tuple = flax.struct.field(pytree_node=False, default=(4, 5, 18, 19))
     keypoint_set: str = flax.struct.field(pytree_node=False, default="coco17")
@@ -146,11 +150,35 @@ class BodyOutput:
 
 @functools.lru_cache(maxsize=None)
 def _load_asset(path: str) -> dict:
+    """The arrays of a template asset file (``.npz``, the layout :func:`default_template` reads).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: naming the path (and the field) when the file is not a readable ``.npz`` (e.g.
+        truncated) or lacks one of the arrays :func:`default_template` reads.
+    """
+    required = ("vertices", "faces", "joints", "weights", "part_ids", "uv", "symmetry", "joint_mirror",
+                "part_mirror", "hinge_axes", "coco17_joint_weights", "coco17_vertex_ids",
+                "coco17_vertex_weights", "parents", "hinge_joints", "coco17_names")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"body template asset not found: {path}. Rebuild it with `python tools/build_template.py`.")
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    field = None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            files = list(data.files)
+            out = {}
+            for field in files:
+                out[field] = data[field]
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, OSError, ValueError: re-raised with the path
+        where = "" if field is None else f" (field {field!r})"
+        raise ValueError(f"{path}: cannot read the body template asset{where}: "
+                         f"{type(e).__name__}: {e}") from e
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise ValueError(f"{path}: the body template asset lacks field {missing[0]!r}"
+                         + (f" (and {missing[1:]})" if len(missing) > 1 else "") + f"; found {sorted(out)}")
+    return out
 
 
 def default_template(keypoints: str = "coco17", path: Optional[str] = None) -> BodyTemplate:
@@ -200,7 +228,11 @@ def with_keypoints(template: BodyTemplate, keypoints: str) -> BodyTemplate:
             keypoint_names=JOINT_NAMES,
         )
     if keypoints == "coco17":
-        return default_template("coco17")
+        if template.num_vertices == _load_asset(os.path.abspath(ASSET_PATH))["vertices"].shape[0]:
+            return default_template("coco17")
+        raise ValueError(f"with_keypoints: this body ({template.num_vertices} vertices) was built with "
+                         f"the {template.keypoint_set!r} keypoints and has no COCO-17 definition; build "
+                         "it with keypoints='coco17' (e.g. smpl.to_body(model, keypoints='coco17'))")
     raise ValueError(f"unknown keypoint set {keypoints!r}; expected one of {KEYPOINT_SETS}")
 
 
@@ -228,6 +260,13 @@ def rest_params(template: BodyTemplate, batch_shape: tuple = (), scale: float = 
 # Forward model
 
 
+def _local_rotations(params: BodyParams) -> Array:
+    """``(..., 24, 3, 3)`` joint rotations of ``params.pose`` with the root's set to ``I``."""
+    local = axis_angle_to_matrix(params.pose)
+    eye = jnp.broadcast_to(jnp.eye(3, dtype=local.dtype), local.shape[:-3] + (3, 3))
+    return local.at[..., 0, :, :].set(eye)
+
+
 def skinning_transforms(template: BodyTemplate, params: BodyParams) -> tuple[Array, Array]:
     """Per-joint transforms including the global rotation.
 
@@ -235,9 +274,10 @@ def skinning_transforms(template: BodyTemplate, params: BodyParams) -> tuple[Arr
       ``(transforms (..., 24, 3, 4), joints (..., 24, 3))``: the affine map of each segment's rest
       vertices to the camera frame (``R · T_j``) and the posed joints ``R · P_j``.
     """
-    local = axis_angle_to_matrix(params.pose)
-    eye = jnp.broadcast_to(jnp.eye(3, dtype=local.dtype), local.shape[:-3] + (3, 3))
-    local = local.at[..., 0, :, :].set(eye)
+    return _transforms(template, params, _local_rotations(params))
+
+
+def _transforms(template: BodyTemplate, params: BodyParams, local: Array) -> tuple[Array, Array]:
     rot, pos = kinematics.chain(local, template.joints, template.parents, params.segment_scales)
     transforms = kinematics.skinning_transforms(rot, pos, template.joints, params.segment_scales)
     r = gram_schmidt(params.rotation)
@@ -245,6 +285,12 @@ def skinning_transforms(template: BodyTemplate, params: BodyParams) -> tuple[Arr
     transforms = jnp.matmul(r[..., None, :, :], transforms)
     joints = jnp.matmul(r[..., None, :, :], pos[..., None])[..., 0]
     return transforms, joints
+
+
+def pose_feature(local: Array) -> Array:
+    """``(..., 9 (J − 1))`` pose-blend-shape coefficients ``vec(R_j − I)`` of the non-root joints."""
+    eye = jnp.eye(3, dtype=local.dtype)
+    return (local[..., 1:, :, :] - eye).reshape(local.shape[:-3] + (-1,))
 
 
 def forward(template: BodyTemplate, params: BodyParams) -> BodyOutput:
@@ -257,11 +303,38 @@ def forward(template: BodyTemplate, params: BodyParams) -> BodyOutput:
     Returns:
       :class:`BodyOutput` with ``vertices (..., V, 3)``, ``joints (..., 24, 3)``,
       ``keypoints (..., K, 3)`` and their 2D projections.
+
+    Raises:
+      ValueError: naming the field when ``params``' shapes disagree (checked at trace time).
     """
-    transforms, joints = skinning_transforms(template, params)
-    vertices = kinematics.blend_skin(template.vertices, template.weights, transforms)
-    kp_vertices = vertices[..., template.kp_vertex_ids, :]
-    return _finish(template, params, vertices, joints, kp_vertices)
+    check_params(params, "forward: params", template.joints.shape[0])
+    return forward_points(template, params, Points(template.vertices, template.weights, template.posedirs),
+                          _kp_from_points=True)
+
+
+class Points(NamedTuple):
+    """Rest-pose points bound to the skeleton (a subset of the template's vertices, or all of them).
+
+    Attributes:
+      rest: ``(..., N, 3)`` rest positions.
+      weights: ``(..., N, 24)`` skinning weights.
+      posedirs: ``(..., P, N, 3)`` pose blend shapes of the points, or ``None``.
+    """
+
+    rest: Array
+    weights: Array
+    posedirs: Optional[Array] = None
+
+
+def gather_points(template: BodyTemplate, vertex_ids: Array) -> Points:
+    """The :class:`Points` of ``vertex_ids (..., N)``: gather once, pose many times.
+
+    (:func:`forward_points` in an optimisation loop, e.g. the registration.)
+    """
+    posedirs = None
+    if template.posedirs is not None:
+        posedirs = jnp.moveaxis(template.posedirs[:, vertex_ids, :], 0, -3)
+    return Points(template.vertices[vertex_ids], template.weights[vertex_ids], posedirs)
 
 
 def forward_subset(template: BodyTemplate, params: BodyParams, vertex_ids: Array) -> BodyOutput:
@@ -278,36 +351,42 @@ def forward_subset(template: BodyTemplate, params: BodyParams, vertex_ids: Array
     Returns:
       :class:`BodyOutput` whose ``vertices``/``vertices2d`` are ``(..., N, 3)``/``(..., N, 2)``.
     """
-    return forward_points(template, params, *gather_points(template, vertex_ids))
+    check_params(params, "forward_subset: params", template.joints.shape[0])
+    return forward_points(template, params, gather_points(template, vertex_ids))
 
 
-def gather_points(template: BodyTemplate, vertex_ids: Array) -> tuple[Array, Array]:
-    """Rest positions ``(..., N, 3)`` and skinning weights ``(..., N, 24)`` of ``vertex_ids (..., N)``.
-
-    Gather once and call :func:`forward_points` many times (e.g. in an optimisation loop).
-    """
-    return template.vertices[vertex_ids], template.weights[vertex_ids]
-
-
-def forward_points(template: BodyTemplate, params: BodyParams, rest_points: Array,
-                   point_weights: Array) -> BodyOutput:
-    """Poses arbitrary rest-pose points bound to the skeleton by ``point_weights``.
+def forward_points(template: BodyTemplate, params: BodyParams, points: Points,
+                   _kp_from_points: bool = False) -> BodyOutput:
+    """Poses arbitrary rest-pose points bound to the skeleton.
 
     Args:
       template: supplies the skeleton and the keypoint definition.
       params: :class:`BodyParams` with leading shape ``...``.
-      rest_points: ``(..., N, 3)`` rest positions (e.g. from :func:`gather_points`).
-      point_weights: ``(..., N, 24)`` skinning weights of those points.
+      points: :class:`Points` (e.g. from :func:`gather_points`).
 
     Returns:
       :class:`BodyOutput` with ``vertices (..., N, 3)`` holding the posed points.
     """
-    transforms, joints = skinning_transforms(template, params)
-    vertices = kinematics.blend_skin(rest_points, point_weights, transforms)
-    kp_ids = template.kp_vertex_ids.reshape(-1)
-    kp_vertices = kinematics.blend_skin(template.vertices[kp_ids], template.weights[kp_ids], transforms)
-    kp_vertices = kp_vertices.reshape(kp_vertices.shape[:-2] + template.kp_vertex_ids.shape + (3,))
+    local = _local_rotations(params)
+    transforms, joints = _transforms(template, params, local)
+    feature = pose_feature(local) if template.posedirs is not None else None
+    vertices = kinematics.blend_skin(_blend_rest(points.rest, points.posedirs, feature), points.weights,
+                                     transforms)
+    if _kp_from_points:
+        kp_vertices = vertices[..., template.kp_vertex_ids, :]
+    else:
+        kp = gather_points(template, template.kp_vertex_ids.reshape(-1))
+        kp_vertices = kinematics.blend_skin(_blend_rest(kp.rest, kp.posedirs, feature), kp.weights,
+                                            transforms)
+        kp_vertices = kp_vertices.reshape(kp_vertices.shape[:-2] + template.kp_vertex_ids.shape + (3,))
     return _finish(template, params, vertices, joints, kp_vertices)
+
+
+def _blend_rest(rest: Array, posedirs: Optional[Array], feature: Optional[Array]) -> Array:
+    """Rest points plus the pose blend shapes ``Σ_n feature_n posedirs_n`` (when present)."""
+    if posedirs is None or feature is None:
+        return rest
+    return rest + jnp.einsum("...p,...pnc->...nc", feature, posedirs)
 
 
 def _finish(template, params, vertices, joints, kp_vertices) -> BodyOutput:
@@ -334,16 +413,31 @@ def segment_adjacency(template: BodyTemplate) -> np.ndarray:
     return np.asarray([(j, p) for j, p in enumerate(template.parents) if p >= 0], np.int32)
 
 
-def check_params(params: BodyParams, num_joints: int = NUM_JOINTS) -> None:
-    """Raises ``ValueError`` naming the field if ``params`` has inconsistent shapes (eager only)."""
-    batch = np.shape(params.scale)
-    expected = {
-        "pose": batch + (num_joints, 3), "segment_scales": batch + (num_joints,),
-        "rotation": batch + (3, 3), "scale": batch, "translation": batch + (2,),
-    }
-    for name, shape in expected.items():
-        got = np.shape(getattr(params, name))
-        if got != shape:
-            raise ValueError(f"BodyParams.{name} has shape {got}, expected {shape} "
-                             f"(batch shape {batch} taken from BodyParams.scale)")
+def check_params(params: BodyParams, name: str = "params", num_joints: int = NUM_JOINTS,
+                 batch_shape: Optional[tuple] = None) -> None:
+    """Raises ``ValueError`` naming ``name.field`` when the fields of ``params`` disagree in shape.
 
+    The batch shape is the leading shape of ``params.pose`` unless ``batch_shape`` is given. Only shapes and
+    dtypes are checked (static under jit, so this also runs at trace time).
+
+    Args:
+      params: the :class:`BodyParams`.
+      name: how the caller calls it, ``"where: argument"`` (e.g. ``"forward: params"``).
+      num_joints: the body's joint count.
+      batch_shape: the expected batch shape, or ``None``.
+    """
+    where, _, arg = name.rpartition(": ")
+    where = where or arg
+    if not isinstance(params, BodyParams):
+        raise ValueError(f"{where}: {arg} must be a BodyParams, got {type(params).__name__}")
+    pose_shape = tuple(params.pose.shape) if hasattr(params.pose, "shape") else np.shape(params.pose)
+    if batch_shape is not None:
+        batch = tuple(batch_shape)
+    elif len(pose_shape) >= 2:
+        batch = pose_shape[:-2]   # the pose's leading shape; a disagreeing field is named
+    else:
+        batch = tuple(np.shape(params.scale))
+    shapes = checks.Shapes(where, J=num_joints)
+    tails = {"pose": ("J", 3), "segment_scales": ("J",), "rotation": (3, 3), "scale": (), "translation": (2,)}
+    for field, tail in tails.items():
+        shapes.check(f"{arg}.{field}", getattr(params, field), batch + tail, "float")

@@ -1,8 +1,7 @@
 """The losses of deform-and-learn, one pure function per equation of the appendix.
 
-Registration (appendix section 3, eq. 7–12) and regression (section 4, eq. 13–14). The lifter's
-adversarial and geometric losses (eq. 1–6) live in :mod:`bodyjax.lifter`, next to the networks
-they train.
+The lifter (appendix section 2, eq. 1–6, with the two anatomical priors this project adds),
+registration (section 3, eq. 7–12) and regression (section 4, eq. 13–14).
 
 Every function works on one sample or any leading batch shape ``...`` and returns ``(...)``: the
 caller sums or averages over the batch. Point sets carry a mask (``(..., N)``, 1 = real point,
@@ -16,11 +15,16 @@ does.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
+import jax
 import jax.numpy as jnp
 
+from bodyjax import skeletons
+from bodyjax.skeletons import KeypointSet
+
 Array = jnp.ndarray
+KeypointSetLike = Union[str, KeypointSet, None]
 
 
 def _masked(values: Array, mask: Array) -> Array:
@@ -148,3 +152,139 @@ def l_regress(pred: Array, target: Array, mask: Optional[Array] = None, beta: fl
     # Mask the difference before the penalty: a NaN under a zero mask must not reach the gradient.
     err = smooth_l1(jnp.where(mask > 0, diff, 0.0), beta)
     return jnp.sum(_masked(err, mask), axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lifter (appendix section 2): eq. 1-6 and the priors (extensions)
+#
+# Points are the lifted 3D keypoints of one skeleton, ``(..., N, 3)``, in the lifter's normalised
+# frame (:mod:`bodyjax.lifter`); ``visibility (..., N)`` masks keypoints; ``keypoint_set`` is a
+# name or a :class:`~bodyjax.skeletons.KeypointSet` (``None`` infers it from N).
+
+
+def l_ratio(points3d: Array, visibility: Array, mean_ratios: Array,
+            keypoint_set: KeypointSetLike = None) -> Array:
+    """Bone-ratio loss, eq. 3: ``sum_e (l_e / l_trunk - mean_ratio_e)^2`` per skeleton.
+
+    Bones with an invisible end are skipped; a skeleton whose trunk keypoints are not all visible
+    contributes 0. Scale invariant.
+
+    Args:
+      points3d: ``(..., N, 3)`` (any units).
+      visibility: ``(..., N)``.
+      mean_ratios: ``(E,)`` the average skeleton's ``l_e / l_trunk``, e.g.
+        ``skeletons.bone_ratios(template_rest_keypoints, keypoint_set)``.
+      keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
+    Returns:
+      ``(...)`` per-skeleton loss.
+    """
+    ks = skeletons.resolve(keypoint_set, points3d.shape[-2])
+    vis = jnp.asarray(visibility, points3d.dtype)
+    lengths = skeletons.bone_lengths(points3d, ks)
+    trunk_ok = skeletons.trunk_visibility(vis, ks)
+    trunk = jnp.where(trunk_ok > 0, skeletons.trunk_length(points3d, ks), 1.0)
+    ratios = lengths / trunk[..., None]
+    w = skeletons.bone_visibility(vis, ks) * trunk_ok[..., None]
+    return jnp.sum(w * jnp.square(ratios - jnp.asarray(mean_ratios, points3d.dtype)), axis=-1)
+
+
+def l_sym(points3d: Array, visibility: Array, keypoint_set: KeypointSetLike = None) -> Array:
+    """Bone-symmetry loss, eq. 4: ``sum_{(i,j)} (l_i - l_j)^2`` over left/right bone pairs.
+
+    Lengths in the units of ``points3d`` (the lifter's normalised units). Pairs with an invisible
+    bone are skipped.
+
+    Args:
+      points3d: ``(..., N, 3)``.
+      visibility: ``(..., N)``.
+      keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
+    Returns:
+      ``(...)`` per-skeleton loss.
+    """
+    ks = skeletons.resolve(keypoint_set, points3d.shape[-2])
+    vis = jnp.asarray(visibility, points3d.dtype)
+    lengths = skeletons.bone_lengths(points3d, ks)
+    bvis = skeletons.bone_visibility(vis, ks)
+    left = jnp.asarray([i for i, _ in ks.symmetric_bones])
+    right = jnp.asarray([j for _, j in ks.symmetric_bones])
+    w = bvis[..., left] * bvis[..., right]
+    return jnp.sum(w * jnp.square(lengths[..., left] - lengths[..., right]), axis=-1)
+
+
+def l_knee(points3d: Array, visibility: Array, keypoint_set: KeypointSetLike = None) -> Array:
+    """Knee-direction prior (not in the paper): ``sum_knees relu(-knee_direction)``.
+
+    Penalises knees bent forwards (:func:`knee_direction` < 0). Unlike eq. 1-4 it is NOT invariant
+    under the depth mirror ``z -> -z``, so it can break the depth-sign ambiguity of round 1 (see the
+    module docstring). A knee counts when its hip, knee, ankle and both hips are visible.
+
+    Args:
+      points3d: ``(..., N, 3)``.
+      visibility: ``(..., N)``.
+      keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
+    Returns:
+      ``(...)`` per-skeleton loss.
+    """
+    ks = skeletons.resolve(keypoint_set, points3d.shape[-2])
+    vis = jnp.asarray(visibility, points3d.dtype)
+    idx = jnp.asarray([[ks.names.index(n) for n in leg] for leg in skeletons.KNEE_NAMES[ks.name]])
+    w = jnp.prod(vis[..., idx], axis=-1) * vis[..., idx[0, 0], None] * vis[..., idx[1, 0], None]
+    return jnp.sum(w * jax.nn.relu(-skeletons.knee_direction(points3d, ks)), axis=-1)
+
+
+def l_face(points3d: Array, visibility: Array, keypoint_set: KeypointSetLike = None) -> Array:
+    """Face-direction prior (not in the paper): ``sum_ears relu(-face_direction)``.
+
+    Penalises a nose behind the ears relative to the trunk's front (:func:`face_direction` < 0).
+    Like :func:`l_knee` it changes sign under the depth mirror and so breaks the depth-sign ambiguity
+    of eq. 1-4; it complements the knee prior where the legs are straight (knee direction ~0) and
+    the face is labelled (people facing the camera). An ear counts when it, the nose, both hips and
+    both shoulders are visible. Keypoint sets without face keypoints give 0.
+
+    Args:
+      points3d: ``(..., N, 3)``.
+      visibility: ``(..., N)``.
+      keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
+    Returns:
+      ``(...)`` per-skeleton loss.
+    """
+    ks = skeletons.resolve(keypoint_set, points3d.shape[-2])
+    if ks.name not in skeletons.FACE_NAMES:
+        return jnp.zeros(points3d.shape[:-2], points3d.dtype)
+    idx = [ks.names.index(n) for n in skeletons.FACE_NAMES[ks.name]]
+    vis = jnp.asarray(visibility, points3d.dtype)
+    trunk = vis[..., idx[0]] * jnp.prod(vis[..., jnp.asarray(idx[3:])], axis=-1)
+    w = trunk[..., None] * vis[..., jnp.asarray(idx[1:3])]
+    return jnp.sum(w * jax.nn.relu(-skeletons.face_direction(points3d, ks)), axis=-1)
+
+
+def l_joint(points3d: Array, targets3d: Array, visibility: Array) -> Array:
+    """Joint loss, eq. 5, as an MSE: mean over visible joints of ``|p_i - p̄_i|^2`` per skeleton.
+
+    Args:
+      points3d: ``(..., N, 3)`` lifted joints (normalised frame).
+      targets3d: ``(..., N, 3)`` targets in the same frame (:func:`normalize_joints3d`).
+      visibility: ``(..., N)``.
+    Returns:
+      ``(...)`` per-skeleton loss (0 when no joint is visible).
+    """
+    vis = jnp.asarray(visibility, points3d.dtype)
+    sq = jnp.sum(jnp.square(points3d - targets3d), axis=-1)
+    return jnp.sum(vis * sq, axis=-1) / jnp.maximum(jnp.sum(vis, axis=-1), 1.0)
+
+
+def generator_adversarial_loss(fake_logits: Array, form: str = "non_saturating") -> Array:
+    """Eq. 1 for G, averaged over all fake logits ``(...)`` -> scalar.
+
+    ``'non_saturating'``: ``-log D(fake)``; ``'minimax'``: ``log(1 - D(fake))`` (eq. 1 as written).
+    """
+    if form == "non_saturating":
+        return jnp.mean(jax.nn.softplus(-fake_logits))
+    if form == "minimax":
+        return jnp.mean(-jax.nn.softplus(fake_logits))
+    raise ValueError(f"unknown adversarial loss form {form!r}")
+
+
+def discriminator_loss(real_logits: Array, fake_logits: Array) -> Array:
+    """Eq. 2 completed: ``mean(-log D(real)) + mean(-log(1 - D(fake)))`` -> scalar."""
+    return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))

@@ -42,6 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bodyjax.linalg import safe_norm
+from bodyjax.rotations import svd_orthogonalize
+
 Array = jnp.ndarray
 Root = Union[None, int, Sequence[int]]
 
@@ -76,17 +79,6 @@ def _weights(mask: Optional[Array], shape: tuple, dtype) -> Array:
     return jnp.broadcast_to(jnp.asarray(mask).astype(dtype), shape)
 
 
-def _safe_norm(x: Array) -> Array:
-    """Euclidean norm over the last axis with a zero (not NaN) gradient at the origin."""
-    sq = jnp.sum(x * x, axis=-1)
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
-
-
-def _swap(m: Array) -> Array:
-    return jnp.swapaxes(m, -1, -2)
-
-
 def masked_mean(values: Array, mask: Optional[Array] = None, axis: int = -1) -> Array:
     """Weighted mean of ``values`` along ``axis`` that ignores masked entries.
 
@@ -116,7 +108,7 @@ def point_errors(pred: Array, target: Array) -> Array:
     The gradient is finite (zero) where the two points coincide.
     """
     pred, target = _as_float(pred, target)
-    return _safe_norm(pred - target)
+    return safe_norm(pred - target)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,39 +142,6 @@ def root_align(points: Array, root: Root = 0) -> Array:
     if root is None:
         return jnp.asarray(points)
     return points - root_position(points, root)[..., None, :]
-
-
-@jax.custom_jvp
-def _best_rotation(cov: Array) -> Array:
-    """Proper rotation ``R`` maximising ``trace(R^T cov)``, ``(..., 3, 3) -> (..., 3, 3)``."""
-    return _rotation_parts(cov)[0]
-
-
-def _rotation_parts(cov: Array):
-    u, s, vt = jnp.linalg.svd(cov, full_matrices=False)
-    # Reflection fix: flip the least significant direction when U V^T would be a reflection.
-    d = jnp.where(jnp.linalg.det(u) * jnp.linalg.det(vt) < 0, -1.0, 1.0).astype(cov.dtype)
-    flip = jnp.stack([jnp.ones_like(d), jnp.ones_like(d), d], axis=-1)
-    u = u * flip[..., None, :]
-    s = s * flip  # signed singular values: cov = u diag(s) vt with det(u vt) = +1
-    return u @ vt, u, s, vt
-
-
-@_best_rotation.defjvp
-def _best_rotation_jvp(primals, tangents):
-    # Differential of the orthogonal factor of cov = U diag(s) V^T (signed s):
-    #   dR = U Omega V^T,  Omega_ij = (C_ij - C_ji) / (s_i + s_j),  C = U^T dcov V.
-    # Where s_i + s_j vanishes (collinear points, or a reflection with s_2 = s_3) the rotation is not
-    # unique; those terms are set to zero so that the gradient stays finite.
-    (cov,), (dcov,) = primals, tangents
-    rot, u, s, vt = _rotation_parts(cov)
-    c = _swap(u) @ dcov @ _swap(vt)
-    denom = s[..., :, None] + s[..., None, :]
-    eps = jnp.finfo(cov.dtype).eps
-    tol = 16 * eps * jnp.max(jnp.abs(s), axis=-1)[..., None, None] + jnp.finfo(cov.dtype).tiny
-    ok = jnp.abs(denom) > tol
-    omega = jnp.where(ok, (c - _swap(c)) / jnp.where(ok, denom, 1.0), 0.0)
-    return rot, u @ omega @ vt
 
 
 def procrustes(pred: Array, target: Array, mask: Optional[Array] = None):
@@ -235,7 +194,7 @@ def procrustes(pred: Array, target: Array, mask: Optional[Array] = None):
     # Feed well-conditioned dummies to the degenerate samples so no branch produces inf/NaN.
     eye = jnp.eye(3, dtype=dtype)
     cov_safe = jnp.where(degenerate[..., None, None], jnp.diag(jnp.array([3.0, 2.0, 1.0], dtype)), cov)
-    rot = _best_rotation(cov_safe)
+    rot = svd_orthogonalize(cov_safe)  # maximises trace(Rᵀ cov)
     var_safe = jnp.where(degenerate, 1.0, var_p)
     scale = jnp.sum(rot * cov_safe, axis=(-2, -1)) / var_safe  # trace(R^T cov) / var_p
 
@@ -300,7 +259,7 @@ def bone_length_sum(joints: Array, parents: Sequence[int]) -> Array:
     parent = np.array([p for p in parents if p >= 0], dtype=np.int32)
     if child.size == 0:
         return jnp.zeros(joints.shape[:-2], joints.dtype)
-    return jnp.sum(_safe_norm(joints[..., child, :] - joints[..., parent, :]), axis=-1)
+    return jnp.sum(safe_norm(joints[..., child, :] - joints[..., parent, :]), axis=-1)
 
 
 def bone_length_rescale(

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping, Optional
+from typing import Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from bodyjax import body, losses, skeletons
+from bodyjax import body, camera, checks, losses, skeletons
+from bodyjax.batch import Batch
 
 Array = jnp.ndarray
 
@@ -45,12 +46,12 @@ class RegistrationConfig:
       lr_final_fraction: cosine-decay the learning rate to this fraction of ``learning_rate`` over
         the round (1.0 = constant, the paper's setting). Adam at a constant 0.1 keeps oscillating
         around the optimum; decaying it lets a round settle.
-      w_dense, w_kp, w_scale, w_joint, w_det: ω of eq. (7) (1000, 1, 10, 0.001, 1).
+      w_dense, w_kp, w_scale, w_angle, w_det: ω of eq. (7) (1000, 1, 10, 0.001, 1); ``w_angle`` is
+        the paper's ω_joint, the weight of the joint-angle term (eq. 11).
       dense_reduction: ``'mean'`` ("mean squared error", the text of eq. 8) or ``'sum'``.
       use_depth: include the cGAN depth term of eq. (9) when depths are given.
       divergence_factor: a loss above this multiple of the initial loss counts as divergence.
       max_residual_px: a fit whose mean dense reprojection error exceeds this is flagged.
-      keypoint_set: the keypoint set of the batch's 2D keypoints (its root anchors depths).
     """
 
     num_steps: int = 100
@@ -58,19 +59,23 @@ class RegistrationConfig:
     w_dense: float = 1000.0
     w_kp: float = 1.0
     w_scale: float = 10.0
-    w_joint: float = 0.001
+    w_angle: float = 0.001
     w_det: float = 1.0
     dense_reduction: str = "mean"
     use_depth: bool = True
     lr_final_fraction: float = 1.0
     divergence_factor: float = 1e4
     max_residual_px: float = 10.0
-    keypoint_set: str = "coco17"
+
+    def __post_init__(self):
+        checks.check_choice("RegistrationConfig.dense_reduction", self.dense_reduction, ("mean", "sum"))
+        if int(self.num_steps) < 0:
+            raise ValueError(f"RegistrationConfig.num_steps must be >= 0, got {self.num_steps}")
 
 
 def stiff_config(**overrides) -> RegistrationConfig:
     """The first round (5.1): a stiff body to recover the global rotation, 300 steps from the T-pose."""
-    return dataclasses.replace(RegistrationConfig(num_steps=300, w_scale=100.0, w_joint=1.0), **overrides)
+    return dataclasses.replace(RegistrationConfig(num_steps=300, w_scale=100.0, w_angle=1.0), **overrides)
 
 
 @flax.struct.dataclass
@@ -108,52 +113,39 @@ class RegistrationReport:
 # Normalisation
 
 
-def _frame(image_size) -> tuple[Array, float]:
-    h, w = image_size
-    return jnp.asarray([(w - 1) / 2.0, (h - 1) / 2.0], jnp.float32), max(h, w) / 2.0
+#: The units of the optimisation (see :mod:`bodyjax.camera`, "Normalised image units").
+normalize_params = camera.normalize_params
+denormalize_params = camera.denormalize_params
 
 
-def normalize_params(params: body.BodyParams, image_size) -> body.BodyParams:
-    """Pixel-unit parameters → the normalised units the optimisation runs in."""
-    centre, half = _frame(image_size)
-    return params.replace(scale=params.scale / half, translation=(params.translation - centre) / half)
-
-
-def denormalize_params(params: body.BodyParams, image_size) -> body.BodyParams:
-    """Inverse of :func:`normalize_params`."""
-    centre, half = _frame(image_size)
-    return params.replace(scale=params.scale * half, translation=params.translation * half + centre)
-
-
-def sanitize_batch(template: body.BodyTemplate, batch: Mapping[str, Array]) -> tuple[dict, Array]:
+def sanitize_batch(template: body.BodyTemplate, batch: Batch) -> tuple[Batch, Array]:
     """Drops invalid correspondences and keypoints (masks them, zeroes their values).
 
-    Returns the cleaned batch and ``(B,)`` the number of dropped correspondences and keypoints.
+    Returns the cleaned :class:`~bodyjax.batch.Batch` and ``(B,)`` the number of dropped
+    correspondences and keypoints.
     """
-    xy, vid, mask = batch["dense_xy"], batch["dense_vertex"], batch["dense_mask"]
+    xy, vid, mask = batch.dense_xy, batch.dense_vertex, batch.dense_mask
     ok = (mask > 0) & jnp.all(jnp.isfinite(xy), -1) & (vid >= 0) & (vid < template.num_vertices)
-    kp, vis = batch["keypoints"], batch["keypoint_visible"]
+    kp, vis = batch.keypoints, batch.keypoint_visible
     kp_ok = (vis > 0) & jnp.all(jnp.isfinite(kp), -1)
     dropped = jnp.sum((mask > 0) & ~ok, -1) + jnp.sum((vis > 0) & ~kp_ok, -1)
-    out = dict(batch)
-    out["dense_xy"] = jnp.where(ok[..., None], xy, 0.0)
-    out["dense_vertex"] = jnp.where(ok, vid, 0)
-    out["dense_mask"] = ok.astype(jnp.float32)
-    out["keypoints"] = jnp.where(kp_ok[..., None], kp, 0.0)
-    out["keypoint_visible"] = kp_ok.astype(jnp.float32)
-    if "keypoint_depth" in batch:
-        dm = batch.get("keypoint_depth_mask", kp_ok.astype(jnp.float32))
-        d_ok = (dm > 0) & jnp.isfinite(batch["keypoint_depth"])
-        out["keypoint_depth"] = jnp.where(d_ok, batch["keypoint_depth"], 0.0)
-        out["keypoint_depth_mask"] = d_ok.astype(jnp.float32)
-    return out, dropped
+    changes = dict(dense_xy=jnp.where(ok[..., None], xy, 0.0), dense_vertex=jnp.where(ok, vid, 0),
+                   dense_mask=ok.astype(jnp.float32), keypoints=jnp.where(kp_ok[..., None], kp, 0.0),
+                   keypoint_visible=kp_ok.astype(jnp.float32))
+    if batch.keypoint_depth is not None:
+        dm = batch.keypoint_depth_mask
+        dm = kp_ok.astype(jnp.float32) if dm is None else dm
+        d_ok = (dm > 0) & jnp.isfinite(batch.keypoint_depth)
+        changes["keypoint_depth"] = jnp.where(d_ok, batch.keypoint_depth, 0.0)
+        changes["keypoint_depth_mask"] = d_ok.astype(jnp.float32)
+    return batch.replace(**changes), dropped
 
 
 # ----------------------------------------------------------------------------------------------
 # Initialisation
 
 
-def init_params(template: body.BodyTemplate, batch: Mapping[str, Array], image_size,
+def init_params(template: body.BodyTemplate, batch: Batch, image_size,
                 rotation: str = "affine") -> body.BodyParams:
     """The T-pose start of round 1 (pose 0, all segment scales 1) placed on the image.
 
@@ -165,8 +157,8 @@ def init_params(template: body.BodyTemplate, batch: Mapping[str, Array], image_s
     """
     batch, _ = sanitize_batch(template, batch)
     fit = jax.vmap(functools.partial(_affine_init, template, rotation=rotation))
-    rot, scale, trans = fit(batch["dense_xy"], batch["dense_vertex"], batch["dense_mask"])
-    b = batch["dense_xy"].shape[0]
+    rot, scale, trans = fit(batch.dense_xy, batch.dense_vertex, batch.dense_mask)
+    b = batch.dense_xy.shape[0]
     params = body.rest_params(template, (b,))
     return params.replace(rotation=rot, scale=scale, translation=trans)
 
@@ -209,11 +201,11 @@ def _affine_init(template, xy, vid, mask, rotation):
 
 def _terms(template, config, params, data):
     """Unweighted loss terms of one sample, normalised units."""
-    out = body.forward_points(template, params, data["rest"], data["weights"])
+    out = body.forward_points(template, params, body.Points(data["rest"], data["weights"], data.get("posedirs")))
     l_dense = losses.l_dense(out.vertices2d, data["dense_xy"], data["dense_mask"], config.dense_reduction)
     depth = target_depth = depth_mask = None
     if config.use_depth and "keypoint_depth" in data:
-        root = jnp.asarray(skeletons.get_keypoint_set(config.keypoint_set).root)
+        root = jnp.asarray(skeletons.get_keypoint_set(template.keypoint_set).root)
         z = out.keypoints[..., 2] * params.scale
         depth = z - jnp.mean(z[root])
         target_depth, depth_mask = data["keypoint_depth"], data["keypoint_depth_mask"]
@@ -227,7 +219,7 @@ def _terms(template, config, params, data):
 
 def _total(config, terms):
     return (config.w_dense * terms["l_dense"] + config.w_kp * terms["l_kp"]
-            + config.w_scale * terms["l_scale"] + config.w_joint * terms["l_angle"]
+            + config.w_scale * terms["l_scale"] + config.w_angle * terms["l_angle"]
             + config.w_det * terms["l_det"])
 
 
@@ -238,41 +230,78 @@ def _tree_where(cond, a, b):
     return jax.tree_util.tree_map(sel, a, b)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "image_size"))
-def register(template: body.BodyTemplate, batch: Mapping[str, Array], init: body.BodyParams,
-             config: RegistrationConfig, image_size: tuple[int, int]):
+#: Fields of a :class:`~bodyjax.batch.Batch` the registration reads; the others are dropped before jit.
+_FIELDS = ("dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible", "keypoint_depth",
+           "keypoint_depth_mask")
+
+
+def register(template: body.BodyTemplate, batch: Batch, init: Optional[body.BodyParams],
+             config: RegistrationConfig, image_size) -> tuple[body.BodyParams, RegistrationReport]:
     """Fits the body to a batch of images (eq. 7–12): one jitted, vmapped Adam loop.
 
     Args:
       template: the body.
-      batch: ``dense_xy (B, N, 2)`` pixels, ``dense_vertex (B, N)`` int, ``dense_mask (B, N)``,
-        ``keypoints (B, K, 2)`` pixels, ``keypoint_visible (B, K)``, and optionally
-        ``keypoint_depth (B, K)`` (the lifter's root-relative depths ``z^GAN`` in pixels, eq. 9) with
-        ``keypoint_depth_mask (B, K)``. Other keys are ignored.
-      init: :class:`~bodyjax.body.BodyParams` ``(B,)`` in pixels: :func:`init_params` for round 1,
-        the regressor's prediction afterwards.
-      config: a :class:`RegistrationConfig` (static: one compilation per config).
-      image_size: ``(H, W)`` of the images (static).
+      batch: a :class:`~bodyjax.batch.Batch`; reads ``dense_xy (B, N, 2)`` pixels, ``dense_vertex
+        (B, N)``, ``dense_mask (B, N)``, ``keypoints (B, K, 2)`` pixels, ``keypoint_visible (B, K)``
+        and optionally ``keypoint_depth (B, K)`` (the lifter's root-relative depths ``z^GAN`` in
+        pixels, eq. 9) with ``keypoint_depth_mask (B, K)``. Other fields are ignored.
+      init: :class:`~bodyjax.body.BodyParams` ``(B,)`` in pixels (the regressor's prediction in
+        later rounds), or ``None`` for round 1's T-pose start (:func:`init_params`).
+      config: a :class:`RegistrationConfig` (one compilation per config).
+      image_size: ``(H, W)`` of the images.
 
     Returns:
       ``(params, report)``: fitted pixel-unit :class:`~bodyjax.body.BodyParams` ``(B,)`` and a
       :class:`RegistrationReport`.
+
+    Raises:
+      ValueError: naming the argument and field when a shape or type is wrong (checked before
+        tracing).
     """
+    if not isinstance(batch, Batch):
+        raise ValueError(f"register: batch must be a bodyjax.batch.Batch, got {type(batch).__name__} "
+                         "(bodyjax.data.sample.to_batch converts stacked sample records)")
+    if not isinstance(config, RegistrationConfig):
+        raise ValueError(f"register: config must be a RegistrationConfig, got {type(config).__name__}")
+    batch.check("register", num_keypoints=template.num_keypoints)
+    image_size = _check_image_size("register", image_size)
+    if init is not None:
+        body.check_params(init, "register: init", template.joints.shape[0], batch_shape=(batch.size,))
+    batch = Batch(**{f: getattr(batch, f) for f in _FIELDS})
+    if init is None:
+        init = init_params(template, batch, image_size)
+    return _register(template, batch, init, config, image_size)
+
+
+def _check_image_size(where: str, image_size) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: image_size must be (H, W), got {image_size!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{where}: image_size must be positive, got {image_size!r}")
+    return h, w
+
+
+@functools.partial(jax.jit, static_argnames=("config", "image_size"))
+def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams,
+              config: RegistrationConfig, image_size: tuple[int, int]):
     clean, dropped = sanitize_batch(template, batch)
-    centre, half = _frame(image_size)
-    rest, weights = body.gather_points(template, clean["dense_vertex"])
+    centre, half = camera.image_frame(image_size)
     data = {
-        "rest": rest, "weights": weights, "dense_mask": clean["dense_mask"],
-        "dense_xy": (clean["dense_xy"] - centre) / half,
-        "keypoints": (clean["keypoints"] - centre) / half,
-        "keypoint_visible": clean["keypoint_visible"],
+        "dense_mask": clean.dense_mask,
+        "dense_xy": (clean.dense_xy - centre) / half,
+        "keypoints": (clean.keypoints - centre) / half,
+        "keypoint_visible": clean.keypoint_visible,
         "adjacency": jnp.asarray(body.segment_adjacency(template)),
     }
-    if config.use_depth and "keypoint_depth" in clean:
-        data["keypoint_depth"] = clean["keypoint_depth"] / half
-        data["keypoint_depth_mask"] = clean["keypoint_depth_mask"]
+    data["rest"], data["weights"], posedirs = body.gather_points(template, clean.dense_vertex)
+    if posedirs is not None:
+        data["posedirs"] = posedirs
+    if config.use_depth and clean.keypoint_depth is not None:
+        data["keypoint_depth"] = clean.keypoint_depth / half
+        data["keypoint_depth_mask"] = clean.keypoint_depth_mask
     in_axes = {k: (None if k == "adjacency" else 0) for k in data}
-
     def sample_loss(params, d):
         terms, _ = _terms(template, config, params, d)
         return _total(config, terms)
@@ -328,3 +357,38 @@ def register(template: body.BodyTemplate, batch: Mapping[str, Array], init: body
         num_points=npts.astype(jnp.int32), num_dropped=dropped.astype(jnp.int32),
         diverged=diverged, flagged=flagged, **terms)
     return denormalize_params(best, image_size), report
+
+
+def data_objective(template: body.BodyTemplate, batch: Batch, params: body.BodyParams,
+                   config: RegistrationConfig, image_size) -> Array:
+    """The image terms of eq. 7 alone, ``ω_dense L_dense + ω_KP L_KP`` (2D, no depth), per sample.
+
+    The measure by which SPIN's fits dictionary compares two fits of the same image: it does not
+    depend on the priors or on the lifter's depths, which change from round to round.
+
+    Args:
+      template, batch, config, image_size: as for :func:`register`.
+      params: pixel-unit :class:`~bodyjax.body.BodyParams` ``(B,)``.
+
+    Returns:
+      ``(B,)`` in normalised units (``inf`` where a parameter is not finite).
+    """
+    if not isinstance(batch, Batch):
+        raise ValueError(f"data_objective: batch must be a bodyjax.batch.Batch, got {type(batch).__name__}")
+    batch.check("data_objective", num_keypoints=template.num_keypoints)
+    body.check_params(params, "data_objective: params", template.joints.shape[0], batch_shape=(batch.size,))
+    batch = Batch(**{f: getattr(batch, f) for f in _FIELDS[:5]})
+    return _data_objective(template, batch, params, config, _check_image_size("data_objective", image_size))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "image_size"))
+def _data_objective(template, batch, params, config, image_size):
+    clean, _ = sanitize_batch(template, batch)
+    centre, half = camera.image_frame(image_size)
+    p = normalize_params(params, image_size)
+    posed = body.forward_subset(template, p, clean.dense_vertex)
+    l_dense = losses.l_dense(posed.vertices2d, (clean.dense_xy - centre) / half, clean.dense_mask,
+                             config.dense_reduction)
+    l_kp = losses.l_keypoints(posed.keypoints2d, (clean.keypoints - centre) / half, clean.keypoint_visible)
+    value = config.w_dense * l_dense + config.w_kp * l_kp
+    return jnp.where(jnp.isfinite(value), value, jnp.inf)

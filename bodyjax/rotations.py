@@ -23,6 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bodyjax.linalg import normalize
+
 Array = jnp.ndarray
 
 __all__ = [
@@ -58,14 +60,39 @@ def _as_float(x) -> Array:
     return x
 
 
-def _safe_norm(x: Array, axis: int = -1, keepdims: bool = True, eps: float = _EPS) -> Array:
-    """``sqrt(max(sum x², eps²))`` along ``axis``: never zero, finite gradient everywhere."""
-    return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=keepdims), eps * eps))
+def _safe_normalize(x: Array) -> Array:
+    """Unit vectors along the last axis; zero maps to zero with finite gradients."""
+    return normalize(x, eps=_EPS)
 
 
-def _safe_normalize(x: Array, axis: int = -1, eps: float = _EPS) -> Array:
-    """``x / sqrt(max(|x|², eps²))``; a zero vector maps to zero with a finite gradient."""
-    return x / _safe_norm(x, axis=axis, keepdims=True, eps=eps)
+def _normalize_or(x: Array, fallback: Array) -> Array:
+    """``x / |x|``, or ``fallback`` where ``|x|`` is (nearly) zero; finite gradients everywhere.
+
+    Where ``|x| > eps`` the value is exactly :func:`_safe_normalize`'s.
+    """
+    ok = jnp.sum(x * x, axis=-1, keepdims=True) > _EPS * _EPS
+    return jnp.where(ok, _safe_normalize(jnp.where(ok, x, 1.0)), fallback)
+
+
+def _perpendicular(b: Array) -> Array:
+    """A unit vector perpendicular to the unit vector ``b (..., 3)`` (from its least-aligned axis)."""
+    e = jax.nn.one_hot(jnp.argmin(jnp.abs(b), axis=-1), 3, dtype=b.dtype)
+    return _safe_normalize(e - jnp.sum(e * b, axis=-1, keepdims=True) * b)
+
+
+def _two_columns(a1: Array, a2: Array) -> tuple[Array, Array]:
+    """Orthonormal ``b1 ∥ a1`` and ``b2`` in the plane of ``(a1, a2)``, valid for every input.
+
+    A zero ``a1`` gives ``b1 = e_x``; an ``a2`` (nearly) parallel to ``a1`` (less than 1e-5 of it
+    left after the projection) gives a ``b2`` perpendicular to ``b1``. Elsewhere the values are
+    the classical Gram–Schmidt ones.
+    """
+    b1 = _normalize_or(a1, jnp.zeros_like(a1).at[..., 0].set(1.0))
+    r = a2 - jnp.sum(b1 * a2, axis=-1, keepdims=True) * b1
+    sq, sq_a2 = jnp.sum(r * r, axis=-1, keepdims=True), jnp.sum(a2 * a2, axis=-1, keepdims=True)
+    ok = (sq > 1e-10 * sq_a2) & (sq > _EPS * _EPS)
+    b2 = jnp.where(ok, _safe_normalize(jnp.where(ok, r, 1.0)), _perpendicular(b1))
+    return b1, b2
 
 
 def _to_matrix_shape(m: Array, name: str) -> Array:
@@ -333,8 +360,9 @@ def rot6d_to_matrix(x: Array) -> Array:
     """Rotation from the continuous 6D representation (Zhou et al., 2019).
 
     With ``x = [a1, a2]``: ``c1 = normalize(a1)``, ``c2 = normalize(a2 - (c1·a2) c1)``,
-    ``c3 = c1 × c2``, and ``R = [c1 | c2 | c3]`` (columns). Degenerate inputs (``a1 = 0`` or
-    ``a2 ∥ a1``) give a non-rotation with zero columns but finite values and gradients.
+    ``c3 = c1 × c2``, and ``R = [c1 | c2 | c3]`` (columns). Every input gives a rotation (det +1):
+    a zero ``a1`` or an ``a2 ∥ a1`` falls back to a valid frame (``c1 = e_x``, or a ``c2``
+    perpendicular to ``c1``), so a network head can output anything.
 
     Args:
       x: ``(..., 6)``.
@@ -343,11 +371,8 @@ def rot6d_to_matrix(x: Array) -> Array:
       ``(..., 3, 3)`` rotation matrices.
     """
     x = _as_float(x)
-    a1, a2 = x[..., :3], x[..., 3:]
-    c1 = _safe_normalize(a1)
-    c2 = _safe_normalize(a2 - jnp.sum(c1 * a2, axis=-1, keepdims=True) * c1)
-    c3 = jnp.cross(c1, c2)
-    return jnp.stack([c1, c2, c3], axis=-1)
+    c1, c2 = _two_columns(x[..., :3], x[..., 3:])
+    return jnp.stack([c1, c2, jnp.cross(c1, c2)], axis=-1)
 
 
 def matrix_to_rot6d(R: Array) -> Array:
@@ -370,8 +395,10 @@ def gram_schmidt(m: Array) -> Array:
     columns are orthonormalised in order: ``b1 = normalize(c1)``,
     ``b2 = normalize(c2 - (b1·c2) b1)``, ``b3 = normalize(c3 - (b1·c3) b1 - (b2·c3) b2)``.
     The determinant is NOT forced to +1: the result has the sign of ``det(m)``, so a reflection stays
-    a reflection (the determinant loss takes care of that during registration). Degenerate
-    (rank-deficient) inputs give zero columns with finite values and gradients.
+    a reflection (the determinant loss takes care of that during registration). Every input gives
+    an orthogonal matrix: degenerate first or second columns fall back to a valid frame (see
+    ``rot6d_to_matrix``), and ``b3 = ±b1 × b2`` on the side of ``c3`` (``+`` when ``c3`` lies in the
+    span of the first two, up to round-off).
 
     Args:
       m: ``(..., 9)`` or ``(..., 3, 3)``.
@@ -380,26 +407,62 @@ def gram_schmidt(m: Array) -> Array:
       ``(..., 3, 3)`` orthogonal matrices ``[b1 | b2 | b3]``.
     """
     m = _to_matrix_shape(m, "gram_schmidt")
-    c1, c2, c3 = m[..., :, 0], m[..., :, 1], m[..., :, 2]
+    c3 = m[..., :, 2]
+    b1, b2 = _two_columns(m[..., :, 0], m[..., :, 1])
 
     def dot(a, b):
         return jnp.sum(a * b, axis=-1, keepdims=True)
 
-    b1 = _safe_normalize(c1)
-    b2 = _safe_normalize(c2 - dot(b1, c2) * b1)
     # Projections removed one after the other ("modified" Gram–Schmidt: the same result in exact
     # arithmetic, better orthogonality in float32 for ill-conditioned inputs).
-    r3 = c3 - dot(b1, c3) * b1
-    b3 = _safe_normalize(r3 - dot(b2, r3) * b2)
+    # The third column is the unit normal of (b1, b2), on the side of c3: in exact arithmetic the
+    # Gram–Schmidt normalize(c3 − (b1·c3) b1 − (b2·c3) b2), and orthonormal even when c3 lies (up
+    # to round-off: 100 ulp of its length) in the span of the first two (then the side is +).
+    normal = jnp.cross(b1, b2)
+    height = dot(c3 - dot(b1, c3) * b1 - dot(b2, c3) * b2, normal)
+    tol = 100 * jnp.finfo(m.dtype).eps * jnp.sqrt(dot(c3, c3))
+    side = jnp.where(height < -tol, -1.0, 1.0).astype(m.dtype)
+    b3 = side * normal
     return jnp.stack([b1, b2, b3], axis=-1)
+
+
+def _polar_parts(m: Array):
+    """``(R, U', s', Vᵀ)`` with ``m = U' diag(s') Vᵀ``, ``det(U' Vᵀ) = +1`` and ``R = U' Vᵀ``."""
+    u, s, vt = jnp.linalg.svd(m, full_matrices=False)
+    sign = jnp.where(jnp.linalg.det(u) * jnp.linalg.det(vt) < 0, -1.0, 1.0).astype(m.dtype)
+    u = u.at[..., :, 2].multiply(sign[..., None])
+    s = s.at[..., 2].multiply(sign)   # signed singular values
+    return u @ vt, u, s, vt
+
+
+@jax.custom_jvp
+def _polar(m: Array) -> Array:
+    return _polar_parts(m)[0]
+
+
+@_polar.defjvp
+def _polar_jvp(primals, tangents):
+    # Differential of the rotation factor of m = U' diag(s') Vᵀ (signed s'):
+    #   dR = U' Ω Vᵀ,  Ω_ij = (X_ij − X_ji) / (s'_i + s'_j),  X = U'ᵀ dm V.
+    # Where s'_i + s'_j vanishes (a rank-deficient m, or a reflection with equal smallest singular
+    # values) the rotation is not unique; those terms are set to zero, so gradients stay finite.
+    (m,), (dm,) = primals, tangents
+    rot, u, s, vt = _polar_parts(m)
+    x = jnp.swapaxes(u, -1, -2) @ dm @ jnp.swapaxes(vt, -1, -2)
+    denom = s[..., :, None] + s[..., None, :]
+    tol = 16 * jnp.finfo(m.dtype).eps * jnp.max(jnp.abs(s), axis=-1)[..., None, None] + jnp.finfo(m.dtype).tiny
+    ok = jnp.abs(denom) > tol
+    omega = jnp.where(ok, (x - jnp.swapaxes(x, -1, -2)) / jnp.where(ok, denom, 1.0), 0.0)
+    return rot, u @ omega @ vt
 
 
 def svd_orthogonalize(m: Array) -> Array:
     """Closest rotation (Frobenius norm) to a 3×3 matrix: ``U diag(1, 1, det(U Vᵀ)) Vᵀ``.
 
-    ``m = U Σ Vᵀ`` is the SVD. Accepts ``(..., 3, 3)`` or ``(..., 9)`` (row-major). The result is
-    always special orthogonal (det = +1). Gradients are those of the SVD, well defined where the
-    singular values of ``m`` are distinct (and, if ``det m < 0``, the smallest is simple).
+    ``m = U Σ Vᵀ`` is the SVD; the result is always special orthogonal (det = +1) and maximises
+    ``trace(Rᵀ m)`` (so it is also the rotation of a Procrustes alignment with covariance ``m``).
+    Accepts ``(..., 3, 3)`` or ``(..., 9)`` (row-major). The derivative is that of the polar factor,
+    written so that it stays finite where singular values coincide (e.g. at the identity).
 
     Args:
       m: ``(..., 3, 3)`` or ``(..., 9)``.
@@ -407,10 +470,4 @@ def svd_orthogonalize(m: Array) -> Array:
     Returns:
       ``(..., 3, 3)`` rotation matrices.
     """
-    m = _to_matrix_shape(m, "svd_orthogonalize")
-    u, _, vt = jnp.linalg.svd(m, full_matrices=False)
-    # det(U Vᵀ) is ±1 and locally constant: no gradient flows through it.
-    det = jax.lax.stop_gradient(jnp.linalg.det(u @ vt))
-    sign = jnp.where(det < 0, -1.0, 1.0).astype(m.dtype)
-    u = u.at[..., :, 2].multiply(sign[..., None])
-    return u @ vt
+    return _polar(_to_matrix_shape(m, "svd_orthogonalize"))

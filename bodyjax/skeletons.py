@@ -37,7 +37,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple, Union
 
+import jax
 import jax.numpy as jnp
+
+from bodyjax.linalg import safe_norm
+
+#: Floor under the square root of bone lengths (they divide: ratios, cosines of the priors).
+LENGTH_EPS = 1e-12
 
 Array = jnp.ndarray
 
@@ -170,11 +176,6 @@ def keypoint_set_for(num_keypoints: int) -> KeypointSet:
 # Small geometric helpers (pure jnp, arbitrary leading dims, 2D or 3D points).
 
 
-def safe_norm(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
-    """``sqrt(sum(x**2) + eps)`` along ``axis``: a norm with finite gradients at zero."""
-    return jnp.sqrt(jnp.sum(jnp.square(x), axis=axis) + eps)
-
-
 def bone_vectors(points: Array, keypoint_set: KeypointSet) -> Array:
     """``(..., N, D) -> (..., E, D)``: child minus parent for every bone."""
     ks = get_keypoint_set(keypoint_set)
@@ -182,7 +183,7 @@ def bone_vectors(points: Array, keypoint_set: KeypointSet) -> Array:
             - points[..., jnp.asarray(ks.bone_parents), :])
 
 
-def bone_lengths(points: Array, keypoint_set: KeypointSet, eps: float = 1e-12) -> Array:
+def bone_lengths(points: Array, keypoint_set: KeypointSet, eps: float = LENGTH_EPS) -> Array:
     """``(..., N, D) -> (..., E)`` bone lengths (safe norm, see :func:`safe_norm`)."""
     return safe_norm(bone_vectors(points, keypoint_set), eps=eps)
 
@@ -202,7 +203,7 @@ def trunk_vector(points: Array, keypoint_set: KeypointSet) -> Array:
             - jnp.mean(points[..., jnp.asarray(lower), :], axis=-2))
 
 
-def trunk_length(points: Array, keypoint_set: KeypointSet, eps: float = 1e-12) -> Array:
+def trunk_length(points: Array, keypoint_set: KeypointSet, eps: float = LENGTH_EPS) -> Array:
     """``(..., N, D) -> (...)``: distance between the two trunk midpoints (safe norm)."""
     return safe_norm(trunk_vector(points, keypoint_set), eps=eps)
 
@@ -242,3 +243,98 @@ def root_point(points: Array, keypoint_set: KeypointSet,
     total = jnp.sum(w, axis=-1, keepdims=True)
     w = w / jnp.maximum(total, 1e-12)
     return jnp.sum(w[..., None] * points, axis=-2)
+
+
+def resolve(keypoint_set, num_keypoints: int) -> KeypointSet:
+    """The :class:`KeypointSet` named (or given) by ``keypoint_set``, or the one with ``num_keypoints``
+    keypoints when it is ``None``."""
+    if keypoint_set is None:
+        return keypoint_set_for(num_keypoints)
+    return get_keypoint_set(keypoint_set)
+
+
+def _length(x: Array) -> Array:
+    return safe_norm(x, eps=LENGTH_EPS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Anatomical directions: triple products that change sign under a mirror (the lifter's priors)
+
+
+# (hip, knee, ankle) of the left and the right leg, by keypoint name, per keypoint set.
+KNEE_NAMES = {
+    "coco17": (("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle")),
+    "joints24": (("L_hip", "L_knee", "L_ankle"), ("R_hip", "R_knee", "R_ankle")),
+}
+
+
+def knee_direction(points3d: Array, keypoint_set: KeypointSetLike = None) -> Array:
+    """Signed, scale-free knee bend ``((k - h) x (a - k)) . (h_L - h_R) / (|k - h| |a - k| |h_L - h_R|)``.
+
+    ``h, k, a`` are one leg's hip, knee and ankle and ``h_L - h_R`` the hip line (towards the body's
+    left). A knee bends the shin backwards about an axis close to the hip line, so the value is
+    ``sin(bend) * cos(axis, hip line)`` and POSITIVE for a real bent knee in any orientation (it is
+    a triple product, invariant under rotations), ~0 for a straight leg. A mirror image (e.g. the
+    depth flip ``z -> -z``) negates it.
+
+    Args:
+      points3d: ``(..., N, 3)``.
+      keypoint_set: name or :class:`KeypointSet`; ``None`` infers it from N.
+    Returns:
+      ``(..., 2)`` for the (left, right) knee.
+    """
+    ks = resolve(keypoint_set, points3d.shape[-2])
+    idx = [[ks.names.index(n) for n in leg] for leg in KNEE_NAMES[ks.name]]
+    hip, knee, ankle = (jnp.asarray([leg[i] for leg in idx]) for i in range(3))
+    thigh = points3d[..., knee, :] - points3d[..., hip, :]
+    shin = points3d[..., ankle, :] - points3d[..., knee, :]
+    axis = points3d[..., idx[0][0], :] - points3d[..., idx[1][0], :]
+    triple = jnp.sum(jnp.cross(thigh, shin) * axis[..., None, :], axis=-1)
+    norms = (_length(thigh) * _length(shin)
+             * _length(axis)[..., None])
+    return triple / norms
+
+
+# (nose, left ear, right ear, left hip, right hip, left shoulder, right shoulder), per keypoint set.
+FACE_NAMES = {
+    "coco17": ("nose", "left_ear", "right_ear", "left_hip", "right_hip", "left_shoulder", "right_shoulder"),
+}
+
+
+def has_face(keypoint_set: KeypointSetLike) -> bool:
+    """Whether :func:`face_direction` is defined for ``keypoint_set`` (it needs a nose and ears)."""
+    return get_keypoint_set(keypoint_set).name in FACE_NAMES
+
+
+def face_direction(points3d: Array, keypoint_set: KeypointSetLike = None) -> Array:
+    """Signed, scale-free facing ``cos(nose - ear, forward)`` for the left and the right ear.
+
+    ``forward = (h_L - h_R) x (s_mid - h_mid)`` is the trunk's front (hip line crossed with the
+    hips-to-shoulders direction; in the camera frame, x right, y down, a person facing the camera
+    has ``forward`` along ``-z``). The nose lies in front of the ears for any head turn the neck
+    allows (|yaw| < 90 degrees from the trunk), so the value is POSITIVE for a real pose in any
+    orientation. ``forward`` is a cross product (a pseudo-vector), so a mirror image (e.g. the depth
+    flip ``z -> -z``) negates the value, like :func:`knee_direction`.
+
+    Args:
+      points3d: ``(..., N, 3)``.
+      keypoint_set: name or :class:`KeypointSet` with a nose and ears (``coco17``); ``None`` infers
+        it from N.
+    Returns:
+      ``(..., 2)`` for the (left, right) ear.
+    Raises:
+      ValueError: if the keypoint set has no face keypoints (e.g. ``joints24``).
+    """
+    ks = resolve(keypoint_set, points3d.shape[-2])
+    if ks.name not in FACE_NAMES:
+        raise ValueError(f"face_direction needs a nose and ears; keypoint set {ks.name!r} has none")
+    nose, ear_l, ear_r, hip_l, hip_r, sh_l, sh_r = (ks.names.index(n) for n in FACE_NAMES[ks.name])
+    p = points3d
+    up = 0.5 * (p[..., sh_l, :] + p[..., sh_r, :]) - 0.5 * (p[..., hip_l, :] + p[..., hip_r, :])
+    hip_line = p[..., hip_l, :] - p[..., hip_r, :]
+    # Cross product of unit vectors: its norm does not shrink with the squared body size.
+    forward = jnp.cross(hip_line / _length(hip_line)[..., None],
+                        up / _length(up)[..., None])
+    face = p[..., nose, None, :] - p[..., jnp.asarray([ear_l, ear_r]), :]
+    cos = jnp.sum(face * forward[..., None, :], axis=-1)
+    return cos / (_length(face) * _length(forward)[..., None])

@@ -21,34 +21,38 @@ that each costs one matrix product per batch, and the joint regressor is folded 
 space at load time (``joint_template = 𝒥 T̄``, ``joint_shapedirs = 𝒥 S``), which is exact because
 the regressor is linear.
 
-Files. :func:`load_smpl` reads the official ``.pkl`` layout (Python-2 pickles whose arrays may be
-``chumpy`` objects and whose regressor may be a ``scipy.sparse`` matrix) without chumpy or scipy
-installed, and the ``.npz`` layout with the same keys. Only load pickles from sources you trust; the
-loader refuses every pickled global outside a small allow-list (numpy arrays, sparse matrices,
-chumpy arrays, plain containers).
+Files. :func:`load_smpl` builds the model from a file read by :mod:`bodyjax.formats.smpl_file` (the
+official ``.pkl`` layout, read without chumpy or scipy installed, and the ``.npz`` layout with the
+same keys; only load pickles from sources you trust) and optionally DensePose's ``UV_Processed.mat``.
+
+The loop's body. :func:`to_body` turns a model (its mean shape or a given β) into the
+:class:`bodyjax.body.BodyTemplate` that the registration, the lifter, the regressor, the metrics and
+the pictures run on, in the project's camera frame; :func:`body_from_config` does it for an
+experiment's ``config.body``.
 """
 from __future__ import annotations
 
-import functools
-import io
 import os
-import pickle
-from typing import Any, Mapping, Optional, Sequence
+import warnings
+from typing import Mapping, Optional, Sequence
 
 import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
-from bodyjax import kinematics
+from bodyjax import body, checks, kinematics
+from bodyjax.formats import smpl_file
+from bodyjax.formats.smpl_file import (NUM_DENSEPOSE_PARTS, REQUIRED_FIELDS, WEIGHT_SUM_TOLERANCE,
+                                       load_densepose_iuv)
 from bodyjax.rotations import axis_angle_to_matrix
 
 Array = jnp.ndarray
 
-#: Keys every model file must hold.
-REQUIRED_FIELDS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
-#: Largest allowed deviation of a skinning-weight row sum from one.
-WEIGHT_SUM_TOLERANCE = 1e-3
-NUM_DENSEPOSE_PARTS = 24
+__all__ = [
+    "NUM_DENSEPOSE_PARTS", "REQUIRED_FIELDS", "WEIGHT_SUM_TOLERANCE", "SMPLModel", "SMPLOutput",
+    "smpl_forward", "load_smpl", "load_densepose_iuv", "to_body", "body_from_config", "mirror_map",
+    "FRAME", "SMPL_FACE_VERTICES", "COCO17_NAMES", "SEGMENT_PARTS", "DENSEPOSE_PART_MIRROR",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +81,8 @@ class SMPLModel:
       densepose_iuv: ``(V, 3)`` per-vertex DensePose ``(I, U, V)`` (part index 1..24 stored as a
         float, U and V in [0, 1]) or ``None``.
       parents: static length-``J`` tuple of parent indices, ``parents[0] == -1``.
+      source: static; the file the model was loaded from (``''`` when built from arrays), for
+        messages.
     """
 
     v_template: Array
@@ -89,6 +95,7 @@ class SMPLModel:
     faces: Array
     densepose_iuv: Optional[Array] = None
     parents: tuple = flax.struct.field(pytree_node=False, default=())
+    source: str = flax.struct.field(pytree_node=False, default="")
 
     @property
     def num_vertices(self) -> int:
@@ -118,6 +125,7 @@ class SMPLModel:
         parents: Sequence[int],
         densepose_iuv=None,
         dtype=jnp.float32,
+        source: str = "",
     ) -> "SMPLModel":
         """Builds a model from arrays in the official layout.
 
@@ -131,6 +139,7 @@ class SMPLModel:
           parents: length-``J`` parent indices, ``parents[0] == -1``.
           densepose_iuv: optional ``(V, 3)`` table (see :func:`load_densepose_iuv`).
           dtype: float dtype of the stored arrays.
+          source: the file the arrays came from (for messages).
 
         Returns:
           The model, its derived joint fields computed in float64.
@@ -171,6 +180,7 @@ class SMPLModel:
             faces=jnp.asarray(np.asarray(faces), jnp.int32),
             densepose_iuv=None if densepose_iuv is None else jnp.asarray(densepose_iuv, dtype),
             parents=parents,
+            source=os.fspath(source),
         )
 
     def astype(self, dtype) -> "SMPLModel":
@@ -225,17 +235,35 @@ def smpl_forward(
 
     The kinematic chain unrolls over the joints at trace time, so call it under ``jax.jit``; eager
     calls dispatch every small operation separately.
+
+    Raises:
+      ValueError: naming the argument when ``betas``, ``pose`` or ``translation`` has the wrong
+        trailing shape, too many coefficients, a non-numeric dtype, or leading shapes that do not
+        broadcast (checked at trace time, so also under a caller's ``jax.jit``).
     """
     J, V = model.num_joints, model.num_vertices
     betas = jnp.asarray(betas)
     pose = jnp.asarray(pose)
+    # Each argument has its own leading shape (they broadcast), so one Shapes per argument.
+    checks.Shapes("smpl_forward").check("betas", betas, ("...", "B"))
+    checks.Shapes("smpl_forward").check("pose", pose, ("...", J, 3))
+    if translation is not None:
+        checks.Shapes("smpl_forward").check("translation", translation, ("...", 3))
+    for name, value in (("betas", betas), ("pose", pose), ("translation", translation)):
+        if value is not None and not jnp.issubdtype(jnp.result_type(value), jnp.number):
+            raise ValueError(f"smpl_forward: {name} has dtype {jnp.result_type(value)}, expected a number")
     num_b = betas.shape[-1]
     if num_b > model.num_betas:
-        raise ValueError(f"betas has {num_b} coefficients but the model has only {model.num_betas}")
-    if pose.shape[-2:] != (J, 3):
-        raise ValueError(f"pose must have shape (..., {J}, 3), got {pose.shape}")
-    batch = jnp.broadcast_shapes(betas.shape[:-1], pose.shape[:-2],
-                                 () if translation is None else jnp.shape(translation)[:-1])
+        raise ValueError(f"smpl_forward: betas has {num_b} coefficients but the model has only "
+                         f"{model.num_betas}")
+    leads = {"betas": betas.shape[:-1], "pose": pose.shape[:-2]}
+    if translation is not None:
+        leads["translation"] = jnp.shape(translation)[:-1]
+    try:
+        batch = jnp.broadcast_shapes(*leads.values())
+    except ValueError:
+        raise ValueError("smpl_forward: the leading (batch) shapes of "
+                         + ", ".join(f"{k} {v}" for k, v in leads.items()) + " do not broadcast") from None
     dtype = jnp.result_type(model.v_template.dtype, betas.dtype, pose.dtype)
     betas = jnp.broadcast_to(betas, batch + (num_b,)).astype(dtype)
     pose = jnp.broadcast_to(pose, batch + (J, 3)).astype(dtype)
@@ -271,373 +299,457 @@ def load_smpl(path, densepose_iuv=None, dtype=jnp.float32) -> SMPLModel:
     Required keys: ``v_template (V, 3)``, ``shapedirs (V, 3, B)``, ``posedirs (V, 3, 9(J−1))``,
     ``J_regressor (J, V)`` (dense or ``scipy.sparse``), ``weights (V, J)``, ``kintree_table (2, J)``
     (row 0: parents, its first entry is ignored and becomes −1; row 1: ``0..J−1``), ``f (F, 3)``.
-    Arrays may be chumpy objects in a pickle; neither chumpy nor scipy needs to be installed.
+    Arrays may be chumpy objects in a pickle; neither chumpy nor scipy needs to be installed (see
+    :mod:`bodyjax.formats.smpl_file`).
 
     Args:
       path: the model file.
-      densepose_iuv: optional path to a per-vertex DensePose table, see :func:`load_densepose_iuv`.
+      densepose_iuv: optional per-vertex DensePose table: DensePose's ``UV_Processed.mat`` (needs
+        scipy; a seam vertex takes its first entry) or a ``.npy``/``.npz`` table, see
+        :func:`load_densepose_iuv`.
       dtype: float dtype of the model arrays.
 
     Returns:
-      The :class:`SMPLModel`.
+      The :class:`SMPLModel` (``source`` = ``path``).
 
     Raises:
+      FileNotFoundError: ``path`` or ``densepose_iuv`` does not exist.
       ValueError: naming the file and the field when a key is missing, an array has the wrong shape
         or type, holds non-finite values, a skinning-weight row does not sum to ~1, the kinematic
         tree is malformed, or a face index is out of range; also when the file cannot be parsed.
     """
     path = os.fspath(path)
-    raw = _read_model_file(path)
-    fields = _validated_fields(raw, path)
+    fields = smpl_file.read_smpl_file(path)
     iuv = None
     if densepose_iuv is not None:
         iuv = load_densepose_iuv(densepose_iuv, num_vertices=fields["v_template"].shape[0])
     return SMPLModel.from_arrays(
         fields["v_template"], fields["shapedirs"], fields["posedirs"], fields["J_regressor"],
-        fields["weights"], fields["f"], fields["parents"], densepose_iuv=iuv, dtype=dtype)
+        fields["weights"], fields["f"], fields["parents"], densepose_iuv=iuv, dtype=dtype, source=path)
 
 
-def load_densepose_iuv(path, num_vertices: Optional[int] = None) -> np.ndarray:
-    """Reads and validates a per-vertex DensePose ``(I, U, V)`` table supplied by the user.
+# ---------------------------------------------------------------------------------------------
+# The deform-and-learn body
+#
+# SMPL's own frame is y up, the body facing +z, its left side at +x. The project's camera frame is
+# x right, y down, z away from the camera, the body facing the camera (−z) with its left side at +x
+# (it stands facing the viewer, so its left appears on the image's right). The rotation of 180°
+# about x, FRAME = diag(1, −1, −1), maps one onto the other; it is its own inverse and has det +1,
+# so axis-angles map as a ↦ FRAME a and triangles keep their orientation.
 
-    Accepted layouts:
-      * ``.npy``: one array of shape ``(V, 3)`` with columns ``I, U, V``;
-      * ``.npz`` with arrays ``I``, ``U``, ``V`` (any letter case), each of shape ``(V,)``;
-      * ``.npz`` with an array named ``iuv`` / ``IUV`` of shape ``(V, 3)``, or with exactly one array
-        (any name) of shape ``(V, 3)``.
+#: SMPL frame → camera frame (and back): ``p_camera = FRAME @ p_smpl``.
+FRAME = np.diag([1.0, -1.0, -1.0])
+_FLIP = np.array([1.0, -1.0, -1.0])
 
-    ``I`` is the DensePose part index and must be an integer in ``1..24``; ``U`` and ``V`` must lie in
-    ``[0, 1]``; all values finite.
+#: Vertex count of the SMPL (and SMPL-H) topology.
+SMPL_NUM_VERTICES = 6890
+#: SMPL vertex ids of the COCO-17 face keypoints: the ids that the ``smplx`` package lists for the
+#: SMPL / SMPL-H topology (``smplx.vertex_ids.vertex_ids['smplh']``: nose, leye, reye, lear, rear).
+SMPL_FACE_VERTICES = {"nose": 332, "left_eye": 2800, "right_eye": 6260, "left_ear": 583,
+                      "right_ear": 4071}
+
+#: The COCO-17 keypoints; the first five (the face) are surface vertices, the others joints.
+COCO17_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+)
+_FACE_NAMES = COCO17_NAMES[:5]
+_J = {name: j for j, name in enumerate(body.JOINT_NAMES)}
+#: The joint of each COCO-17 body keypoint.
+COCO17_JOINTS = {
+    "left_shoulder": _J["L_shoulder"], "right_shoulder": _J["R_shoulder"], "left_elbow": _J["L_elbow"],
+    "right_elbow": _J["R_elbow"], "left_wrist": _J["L_wrist"], "right_wrist": _J["R_wrist"],
+    "left_hip": _J["L_hip"], "right_hip": _J["R_hip"], "left_knee": _J["L_knee"],
+    "right_knee": _J["R_knee"], "left_ankle": _J["L_ankle"], "right_ankle": _J["R_ankle"],
+}
+
+#: DensePose part of each joint's segment, used when no UV table is given: ``(front, back)`` parts
+#: split by the side of the segment's bone axis a vertex lies on, one part, or ``'head'`` (23 on
+#: the body's right, x < 0, 24 on its left). DensePose's parts: 1/2 torso back/front, 3/4 right/left
+#: hand, 5/6 left/right foot, 7/9 right thigh back/front, 8/10 left thigh, 11/13 right lower leg
+#: back/front, 12/14 left lower leg, 15/17 left upper arm back/front, 16/18 right upper arm, 19/21
+#: left forearm back/front, 20/22 right forearm, 23/24 head right/left.
+SEGMENT_PARTS = {
+    0: (2, 1), 3: (2, 1), 6: (2, 1), 9: (2, 1), 13: (2, 1), 14: (2, 1),
+    1: (10, 8), 2: (9, 7), 4: (14, 12), 5: (13, 11),
+    16: (17, 15), 17: (18, 16), 18: (21, 19), 19: (22, 20),
+    7: (5,), 10: (5,), 8: (6,), 11: (6,), 20: (4,), 22: (4,), 21: (3,), 23: (3,),
+    12: "head", 15: "head",
+}
+# Bone axis (from joint, to joint) splitting the front and back of a segment's part.
+_SPLIT_AXIS = {0: (0, 12), 3: (0, 12), 6: (0, 12), 9: (0, 12), 13: (0, 12), 14: (0, 12),
+               1: (1, 4), 2: (2, 5), 4: (4, 7), 5: (5, 8), 16: (16, 18), 17: (17, 19),
+               18: (18, 20), 19: (19, 21)}
+#: Left/right permutation of DensePose's parts (index 0: background).
+DENSEPOSE_PART_MIRROR = (0, 1, 2, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15, 18, 17, 20, 19,
+                         22, 21, 24, 23)
+#: Left/right permutation of the 24 joints (``L_x`` ↔ ``R_x``).
+JOINT_MIRROR = tuple(_J[n.replace("L_", "R_", 1) if n.startswith("L_") else
+                        n.replace("R_", "L_", 1) if n.startswith("R_") else n] for n in body.JOINT_NAMES)
+_HINGES = (_J["L_knee"], _J["R_knee"], _J["L_elbow"], _J["R_elbow"])
+# Mirror gap (metres) above which a vertex counts as having no mirror partner.
+_MIRROR_GAP = 1e-3
+
+
+def _where(model: SMPLModel) -> str:
+    return model.source or "SMPLModel"
+
+
+def mirror_map(vertices, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The left/right symmetry map of a mesh from its geometry.
+
+    Each vertex's mirror image ``(−x, y, z)`` is matched to the nearest vertex (the mirror plane is
+    ``x = 0``, the body's sagittal plane in the camera frame).
 
     Args:
-      path: the table file.
-      num_vertices: expected ``V`` (the model's vertex count), or ``None`` to skip that check.
+      vertices: ``(V, 3)`` rest vertices, pelvis-centred camera frame.
+      chunk: queries per block of the brute-force search (used when scipy is not installed).
 
     Returns:
-      ``(V, 3)`` float32 array ``[I, U, V]``.
+      ``symmetry (V,) int32`` (the nearest vertex to each mirror image) and ``gap (V,) float64``
+      (its distance, metres). On an exactly symmetric mesh ``symmetry`` is an involution and ``gap``
+      is zero up to round-off.
+    """
+    v = np.asarray(vertices, np.float64)
+    q = v * np.array([-1.0, 1.0, 1.0])
+    try:
+        from scipy.spatial import cKDTree  # noqa: PLC0415 - optional, only faster
+    except ImportError:
+        cKDTree = None
+    if cKDTree is not None:
+        gap, ids = cKDTree(v).query(q)
+        return ids.astype(np.int32), gap
+    ids = np.empty(v.shape[0], np.int64)
+    sq = np.sum(v * v, axis=1)
+    for s in range(0, v.shape[0], chunk):
+        d = sq[None, :] - 2.0 * q[s:s + chunk] @ v.T
+        ids[s:s + chunk] = np.argmin(d, axis=1)
+    return ids.astype(np.int32), np.linalg.norm(v[ids] - q, axis=1)
+
+
+def _symmetry(vertices: np.ndarray, where: str) -> np.ndarray:
+    """:func:`mirror_map`, warning (with the numbers) when the mesh is not left/right symmetric."""
+    sym, gap = mirror_map(vertices)
+    not_mutual = sym[sym] != np.arange(sym.shape[0])
+    far = gap > _MIRROR_GAP
+    if np.any(not_mutual) or np.any(far):
+        warnings.warn(
+            f"{where}: the rest mesh is not left/right symmetric: {int(not_mutual.sum())} of "
+            f"{sym.shape[0]} vertices are not their mirror's mirror and {int(far.sum())} have no "
+            f"vertex within {_MIRROR_GAP * 1e3:.0f} mm of their mirror image (largest gap "
+            f"{gap.max() * 1e3:.2f} mm); template.symmetry is the nearest-vertex map, so flipped "
+            f"dense correspondences land up to that far off", stacklevel=3)
+    return sym
+
+
+def _hinge_axes(joints: np.ndarray) -> np.ndarray:
+    """Flexion axes of the elbows and knees from the rest joints (camera frame), ``(24, 3)``.
+
+    A rotation by ``+θ`` about a unit axis ``k`` moves a point at ``r`` from the joint towards
+    ``k × r``. Flexion must move the distal segment
+      * for an elbow, forwards (towards the body's front, −z, the camera): with the upper arm ``u``
+        (shoulder → elbow), ``k = normalize(u × front)`` gives ``k × u ∝ front − (front·û) û``,
+        i.e. the forearm of a straight arm swings forwards and its wrist towards the shoulder (a
+        bent rest arm keeps bending in that plane);
+      * for a knee, backwards (+z): the axis is the body's left-right axis, from the right hip to
+        the left hip, with its sign chosen so that ``k × shin`` points backwards.
+    """
+    axes = np.zeros((body.NUM_JOINTS, 3))
+    front = np.array([0.0, 0.0, -1.0])
+    for elbow, shoulder in ((_J["L_elbow"], _J["L_shoulder"]), (_J["R_elbow"], _J["R_shoulder"])):
+        k = np.cross(joints[elbow] - joints[shoulder], front)
+        axes[elbow] = k / np.linalg.norm(k)
+    left = joints[_J["L_hip"]] - joints[_J["R_hip"]]
+    left = left / np.linalg.norm(left)
+    for knee, ankle in ((_J["L_knee"], _J["L_ankle"]), (_J["R_knee"], _J["R_ankle"])):
+        shin = joints[ankle] - joints[knee]
+        axes[knee] = left if np.cross(left, shin)[2] >= 0 else -left
+    return axes
+
+
+def _parts_from_weights(vertices, joints, weights) -> np.ndarray:
+    """``(V,)`` DensePose part of each vertex from its dominant skinning joint (:data:`SEGMENT_PARTS`)."""
+    dominant = np.argmax(weights, axis=1)
+    parts = np.zeros(vertices.shape[0], np.int32)
+    for j, spec in SEGMENT_PARTS.items():
+        ids = np.nonzero(dominant == j)[0]
+        if spec == "head":
+            parts[ids] = np.where(vertices[ids, 0] < 0, 23, 24)
+        elif len(spec) == 1:
+            parts[ids] = spec[0]
+        else:
+            a0, a1 = _SPLIT_AXIS[j]
+            axis = joints[a1] - joints[a0]
+            axis = axis / np.linalg.norm(axis)
+            d = vertices[ids] - joints[a0]
+            perp_z = d[:, 2] - axis[2] * (d @ axis)
+            parts[ids] = np.where(perp_z < 0, spec[0], spec[1])
+    return parts
+
+
+def _charts(model: SMPLModel, uv_table, num_vertices: int, vertices, joints, weights):
+    """``(part_ids (V,), uv (V, 2))`` from a UV table, the model's ``densepose_iuv`` or the weights."""
+    where = _where(model)
+    if uv_table is None and model.densepose_iuv is not None:
+        uv_table = np.asarray(model.densepose_iuv)
+    if uv_table is None:
+        warnings.warn(
+            f"{where}: no DensePose UV table: parts come from each vertex's dominant skinning joint "
+            f"(bodyjax.smpl.SEGMENT_PARTS) and every chart coordinate is 0, so (I, U, V) annotations "
+            f"map only to the right part; pass DensePose's UV_Processed.mat (uv_table=, "
+            f"config.body.uv_table) for the exact charts", stacklevel=3)
+        return _parts_from_weights(vertices, joints, weights), np.zeros((num_vertices, 2), np.float32)
+    from bodyjax.formats import densepose_uv  # noqa: PLC0415
+
+    if isinstance(uv_table, (str, os.PathLike)):
+        path = os.fspath(uv_table)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: DensePose UV table not found")
+        uv_table = (densepose_uv.load_uv_processed(path, num_vertices=num_vertices)
+                    if smpl_file._is_mat_file(path) else load_densepose_iuv(path, num_vertices))
+    if isinstance(uv_table, densepose_uv.UVTable):
+        return uv_table.per_vertex(num_vertices)
+    iuv = np.asarray(uv_table)
+    if iuv.shape != (num_vertices, 3):
+        raise ValueError(f"to_body: uv_table must be a UVTable, a path or a ({num_vertices}, 3) "
+                         f"[I, U, V] array, got shape {iuv.shape}")
+    return np.round(iuv[:, 0]).astype(np.int32), iuv[:, 1:].astype(np.float32)
+
+
+def _face_groups(face_vertices, num_vertices: int, vertices, weights, where: str) -> list:
+    """The vertex ids (a list per face keypoint, in :data:`COCO17_NAMES` order) of the face keypoints."""
+    if face_vertices is None:
+        if num_vertices == SMPL_NUM_VERTICES:
+            face_vertices = SMPL_FACE_VERTICES
+        else:
+            warnings.warn(
+                f"{where}: {num_vertices} vertices is not SMPL's topology ({SMPL_NUM_VERTICES}), so "
+                f"SMPL's face vertex ids do not apply; the COCO-17 face keypoints are guessed from the "
+                f"geometry of the head (pass face_vertices= for the right ones)", stacklevel=3)
+            return _guess_face(vertices, weights)
+    if isinstance(face_vertices, Mapping):
+        missing = [n for n in _FACE_NAMES if n not in face_vertices]
+        if missing:
+            raise ValueError(f"to_body: face_vertices lacks {missing} (needs {_FACE_NAMES})")
+        face_vertices = [face_vertices[n] for n in _FACE_NAMES]
+    if len(face_vertices) != len(_FACE_NAMES):
+        raise ValueError(f"to_body: face_vertices needs {len(_FACE_NAMES)} entries {_FACE_NAMES}, "
+                         f"got {len(face_vertices)}")
+    groups = []
+    for name, ids in zip(_FACE_NAMES, face_vertices):
+        ids = np.atleast_1d(np.asarray(ids)).reshape(-1)
+        if ids.size == 0 or not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 \
+                or ids.max() >= num_vertices:
+            raise ValueError(f"to_body: face_vertices[{name!r}] must be vertex ids in [0, {num_vertices}), "
+                             f"got {ids.tolist()}")
+        groups.append([int(i) for i in ids])
+    return groups
+
+
+def _guess_face(vertices: np.ndarray, weights: np.ndarray) -> list:
+    """Face keypoints of a head without known vertex ids (camera frame: front −z, left +x, up −y).
+
+    Among the vertices whose dominant joint is the head: the nose is the frontmost; each eye the
+    frontmost of its side above the nose; each ear the outermost of its side.
+    """
+    head = np.nonzero(np.argmax(weights, axis=1) == _J["head"])[0]
+    if head.size == 0:
+        head = np.nonzero(np.argmax(weights, axis=1) == _J["neck"])[0]
+    v = vertices[head]
+    nose = head[np.argmin(v[:, 2])]
+    groups = [[int(nose)]]
+    for sign in (1.0, -1.0):           # left eye (+x), right eye
+        side = (sign * v[:, 0] > 0) & (v[:, 1] < vertices[nose, 1])
+        if not np.any(side):
+            side = sign * v[:, 0] > 0
+        if not np.any(side):
+            side = np.ones(head.size, bool)
+        groups.append([int(head[side][np.argmin(v[side, 2])])])
+    for sign in (1.0, -1.0):           # left ear, right ear
+        groups.append([int(head[np.argmax(sign * v[:, 0])])])
+    return groups
+
+
+def _keypoints(groups: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """COCO-17 as joint weights ``(17, 24)``, vertex ids ``(17, M)`` and vertex weights ``(17, M)``."""
+    m = max(len(g) for g in groups)
+    joint_w = np.zeros((len(COCO17_NAMES), body.NUM_JOINTS), np.float32)
+    ids = np.zeros((len(COCO17_NAMES), m), np.int32)
+    vert_w = np.zeros((len(COCO17_NAMES), m), np.float32)
+    for k, name in enumerate(COCO17_NAMES):
+        if name in COCO17_JOINTS:
+            joint_w[k, COCO17_JOINTS[name]] = 1.0
+    for k, g in enumerate(groups):
+        ids[k, :len(g)] = g
+        vert_w[k, :len(g)] = 1.0 / len(g)
+    return joint_w, ids, vert_w
+
+
+def to_body(model: SMPLModel, betas=None, keypoints: str = "coco17", uv_table=None,
+            pose_blend_shapes: bool = True, face_vertices=None) -> body.BodyTemplate:
+    """The SMPL model as the deform-and-learn body (:class:`bodyjax.body.BodyTemplate`).
+
+    The paper's body is SMPL's shape, skeleton and skinning weights posed with segment scales: the
+    template's forward pass with unit segment scales equals :func:`smpl_forward` at the same β and
+    pose (frame-converted, pelvis-centred; with ``pose_blend_shapes`` the pose blend shapes too).
+
+    * Rest mesh: ``T̄ + B_S(β)`` (the mean shape when ``betas`` is None); joints ``𝒥 (T̄ + B_S(β))``;
+      skinning weights and faces as in the file. Everything is moved from SMPL's frame (y up,
+      facing +z) to the camera frame (:data:`FRAME` = ``diag(1, −1, −1)``) and centred on the
+      pelvis; units stay metres.
+    * ``symmetry``: :func:`mirror_map` (nearest vertex to each mirror image; a warning gives the
+      mismatch on a mesh that is not exactly symmetric, as a real SMPL shape is only nearly);
+      ``joint_mirror`` swaps ``L_``/``R_`` joints, ``part_mirror`` is DensePose's left/right swap.
+    * ``hinge_axes``: the elbows' and knees' flexion axes from the rest joints (see
+      :func:`_hinge_axes`): ``+θ`` about the axis bends the forearm forwards (the wrist towards the
+      shoulder) and the shin backwards (the ankle towards the back of the thigh).
+    * Keypoints: COCO-17 = the limb joints plus face vertices (``face_vertices``; by default SMPL's
+      :data:`SMPL_FACE_VERTICES` on the 6890-vertex topology, otherwise a guess from the head's
+      geometry with a warning), or ``'joints24'``.
+    * Parts and charts: from ``uv_table`` (DensePose's ``UV_Processed.mat``:
+      :meth:`~bodyjax.formats.densepose_uv.UVTable.per_vertex`, a seam vertex taking its first
+      chart), else from the model's ``densepose_iuv``, else parts from the dominant skinning joint
+      (:data:`SEGMENT_PARTS`) with all chart coordinates 0 and a warning.
+    * ``posedirs`` ``(207, V, 3)``: SMPL's pose blend shapes in the camera frame (when
+      ``pose_blend_shapes``; a model whose pose blend shapes are all zero gets ``None``, which
+      poses identically and skips the work). In the camera frame a joint rotation is
+      ``R' = FRAME R FRAME``, so coefficient ``(j, a, b)`` of ``vec(R' − I)`` is ``f_a f_b`` times
+      SMPL's (``f = (1, −1, −1)``) and its blend shape is ``FRAME`` times SMPL's, times ``f_a f_b``.
+
+    Args:
+      model: an :class:`SMPLModel` with SMPL's 24-joint tree (:data:`bodyjax.body.PARENTS`).
+      betas: ``(B',)`` shape coefficients, ``B' ≤ B`` (None: the mean shape).
+      keypoints: ``'coco17'`` or ``'joints24'``.
+      uv_table: a :class:`~bodyjax.formats.densepose_uv.UVTable`, a path to ``UV_Processed.mat``
+        (or to a per-vertex ``.npy``/``.npz`` table), a ``(V, 3)`` ``[I, U, V]`` array, or None.
+      pose_blend_shapes: keep SMPL's pose blend shapes (``template.posedirs``).
+      face_vertices: the COCO-17 face keypoints' vertex ids: a mapping with the keys ``nose,
+        left_eye, right_eye, left_ear, right_ear`` or a sequence in that order; each entry one id
+        or several (their mean).
+
+    Returns:
+      The :class:`~bodyjax.body.BodyTemplate` (float32 / int32 arrays).
 
     Raises:
-      ValueError: naming the file and the offending field.
+      ValueError: naming the model file and ``kintree_table`` when the tree is not SMPL's 24-joint
+        one; on bad ``betas``, ``keypoints``, ``face_vertices`` or ``uv_table`` (the table's errors
+        name its file and field).
+      FileNotFoundError: ``uv_table`` is a path that does not exist.
     """
-    path = os.fspath(path)
+    where = _where(model)
+    if tuple(model.parents) != body.PARENTS:
+        raise ValueError(
+            f"{where}: field 'kintree_table': the deform-and-learn body needs SMPL's 24-joint tree "
+            f"(bodyjax.body.PARENTS = {body.PARENTS}), got {len(model.parents)} joints with parents "
+            f"{tuple(model.parents)}")
+    if keypoints not in body.KEYPOINT_SETS:
+        raise ValueError(f"to_body: unknown keypoint set {keypoints!r}; expected one of {body.KEYPOINT_SETS}")
+    V = model.num_vertices
+    v = np.asarray(model.v_template, np.float64)
+    j = np.asarray(model.joint_template, np.float64)
+    if betas is not None:
+        betas = np.asarray(betas, np.float64)
+        if betas.ndim != 1 or betas.shape[0] > model.num_betas or not np.all(np.isfinite(betas)):
+            raise ValueError(f"to_body: betas must be a finite (B',) vector with B' <= {model.num_betas} "
+                             f"(the shape blend shapes of {where}), got shape {betas.shape}")
+        nb = betas.shape[0]
+        v = v + (betas @ np.asarray(model.shapedirs[:nb], np.float64)).reshape(V, 3)
+        j = j + (betas @ np.asarray(model.joint_shapedirs[:nb], np.float64)).reshape(-1, 3)
+    vertices = (v - j[0]) * _FLIP
+    joints = (j - j[0]) * _FLIP
+    weights = np.asarray(model.weights, np.float64)
+
+    part_ids, uv = _charts(model, uv_table, V, vertices, joints, weights)
+    posedirs = None
+    if pose_blend_shapes:
+        p = np.asarray(model.posedirs, np.float64).reshape(-1, V, 3)
+        if np.any(p):
+            sign = np.tile(np.outer(_FLIP, _FLIP).reshape(-1), body.NUM_JOINTS - 1)   # (207,)
+            posedirs = jnp.asarray(p * sign[:, None, None] * _FLIP, jnp.float32)
+    groups = _face_groups(face_vertices, V, vertices, weights, where)
+    kp_joint_w, kp_ids, kp_vert_w = _keypoints(groups)
+
+    template = body.BodyTemplate(
+        vertices=jnp.asarray(vertices, jnp.float32),
+        faces=jnp.asarray(model.faces, jnp.int32),
+        joints=jnp.asarray(joints, jnp.float32),
+        weights=jnp.asarray(model.weights, jnp.float32),
+        part_ids=jnp.asarray(part_ids, jnp.int32),
+        uv=jnp.asarray(uv, jnp.float32),
+        symmetry=jnp.asarray(_symmetry(vertices, where), jnp.int32),
+        joint_mirror=jnp.asarray(JOINT_MIRROR, jnp.int32),
+        part_mirror=jnp.asarray(DENSEPOSE_PART_MIRROR, jnp.int32),
+        hinge_axes=jnp.asarray(_hinge_axes(joints), jnp.float32),
+        kp_joint_weights=jnp.asarray(kp_joint_w),
+        kp_vertex_ids=jnp.asarray(kp_ids),
+        kp_vertex_weights=jnp.asarray(kp_vert_w),
+        posedirs=posedirs,
+        parents=body.PARENTS,
+        hinge_joints=_HINGES,
+        keypoint_set="coco17",
+        keypoint_names=COCO17_NAMES,
+    )
+    return body.with_keypoints(template, keypoints) if keypoints != "coco17" else template
+
+
+def body_from_config(body_config, keypoint_set: str = "coco17") -> body.BodyTemplate:
+    """The body of an experiment's ``config.body`` block when ``kind == 'smpl'``.
+
+    Reads ``smpl_path`` (the model file, ``.pkl``/``.npz``), ``betas`` (empty: the mean shape),
+    ``uv_table`` (DensePose's ``UV_Processed.mat``; empty: parts from the skinning weights, see
+    :func:`to_body`) and ``pose_blend_shapes``.
+
+    Args:
+      body_config: the ``config.body`` ConfigDict (or any mapping with those keys).
+      keypoint_set: ``config.data.keypoint_set``.
+
+    Returns:
+      :func:`to_body` of the loaded model.
+
+    Raises:
+      FileNotFoundError: ``config.body.smpl_path: file not found: PATH`` (or ``uv_table``).
+      ValueError: the field is empty, or the file is wrong; the message starts with the config
+        field and names the file (and the file's field).
+    """
+    get = body_config.get if hasattr(body_config, "get") else (lambda k, d=None: getattr(body_config, k, d))
+    path = get("smpl_path", "")
+    if not path:
+        raise ValueError("config.body.smpl_path is empty: set it to the SMPL model file (.pkl or .npz) "
+                         "for config.body.kind='smpl'")
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.body.smpl_path: file not found: {path}")
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"{path}: cannot read DensePose IUV table ({type(e).__name__}: {e})") from e
-    if isinstance(loaded, np.ndarray):
-        iuv, field = loaded, "array"
-    else:
-        with loaded:
-            keys = {k.lower(): k for k in loaded.files}
-            if all(c in keys for c in "iuv"):
-                cols = []
-                for c in "iuv":
-                    col = np.asarray(loaded[keys[c]])
-                    if col.ndim != 1:
-                        raise ValueError(f"{path}: field {keys[c]!r} must have shape (V,), got {col.shape}")
-                    cols.append(col)
-                if len({c.shape for c in cols}) != 1:
-                    raise ValueError(f"{path}: fields I, U, V have different shapes {[c.shape for c in cols]}")
-                iuv, field = np.stack(cols, axis=-1), "I/U/V"
-            elif "iuv" in keys:
-                iuv, field = np.asarray(loaded[keys["iuv"]]), keys["iuv"]
-            elif len(loaded.files) == 1:
-                field = loaded.files[0]
-                iuv = np.asarray(loaded[field])
-            else:
-                raise ValueError(f"{path}: expected arrays I, U, V or a single (V, 3) array 'iuv', "
-                                 f"found {sorted(loaded.files)}")
-    if not np.issubdtype(iuv.dtype, np.number) or iuv.ndim != 2 or iuv.shape[1] != 3:
-        raise ValueError(f"{path}: field {field!r} must be a numeric (V, 3) array, got {iuv.dtype} {iuv.shape}")
-    if num_vertices is not None and iuv.shape[0] != num_vertices:
-        raise ValueError(f"{path}: field {field!r} has {iuv.shape[0]} rows but the model has {num_vertices} vertices")
-    iuv = iuv.astype(np.float64)
-    if not np.all(np.isfinite(iuv)):
-        raise ValueError(f"{path}: field {field!r} holds non-finite values (first at row {_first_bad_row(~np.isfinite(iuv))})")
-    parts = iuv[:, 0]
-    bad = (np.abs(parts - np.round(parts)) > 1e-6) | (parts < 1) | (parts > NUM_DENSEPOSE_PARTS)
-    if np.any(bad):
-        r = int(np.argmax(bad))
-        raise ValueError(f"{path}: field {field!r}: part index I must be an integer in 1..{NUM_DENSEPOSE_PARTS}, "
-                         f"got {parts[r]} at row {r}")
-    uv = iuv[:, 1:]
-    bad = (uv < 0) | (uv > 1)
-    if np.any(bad):
-        r, c = np.argwhere(bad)[0]
-        raise ValueError(f"{path}: field {field!r}: {'UV'[c]} must lie in [0, 1], got {uv[r, c]} at row {r}")
-    iuv[:, 0] = np.round(parts)
-    return iuv.astype(np.float32)
+        model = load_smpl(path)
+    except ValueError as e:
+        raise ValueError(f"config.body.smpl_path: {e}") from e
 
+    table = None
+    uv_path = get("uv_table", "")
+    if uv_path:
+        uv_path = os.path.expanduser(os.fspath(uv_path))
+        if not os.path.isfile(uv_path):
+            raise FileNotFoundError(f"config.body.uv_table: file not found: {uv_path}")
+        from bodyjax.formats import densepose_uv  # noqa: PLC0415
 
-def _first_bad_row(mask: np.ndarray) -> int:
-    return int(np.argwhere(mask)[0][0])
-
-
-def _read_model_file(path: str) -> Mapping[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot open model file ({e})") from e
-    if head.startswith(b"PK"):
         try:
-            return _NpzFields(np.load(path, allow_pickle=False), path)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file named
-            raise ValueError(f"{path}: cannot read npz model file ({type(e).__name__}: {e})") from e
-    if path.lower().endswith(".npz"):
-        raise ValueError(f"{path}: not an npz (zip) archive")
-    try:
-        with open(path, "rb") as fh:
-            data = _ModelUnpickler(fh).load()
-    except Exception as e:  # noqa: BLE001 - corrupt pickles raise many types; re-raised with the file named
-        raise ValueError(f"{path}: cannot read pickled model file ({type(e).__name__}: {e})") from e
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a pickled dict of model fields, got {type(data).__name__}")
-    return data
-
-
-class _NpzFields(Mapping):
-    """Lazy view of an ``NpzFile`` that reports object arrays (which need pickle) clearly."""
-
-    def __init__(self, npz, path):
-        self._npz, self._path = npz, path
-
-    def __getitem__(self, key):
-        try:
-            return self._npz[key]
+            table = densepose_uv.load_uv_processed(uv_path, num_vertices=model.num_vertices)
         except ValueError as e:
-            raise ValueError(f"{self._path}: field {key!r} is a pickled object array; store it as a plain "
-                             f"numeric array ({e})") from e
+            raise ValueError(f"config.body.uv_table: {e} (expected DensePose's UV_Processed.mat for "
+                             f"the {model.num_vertices}-vertex model {path})") from e
 
-    def __iter__(self):
-        return iter(self._npz.files)
-
-    def __len__(self):
-        return len(self._npz.files)
-
-
-def _validated_fields(raw: Mapping[str, Any], path: str) -> dict:
-    missing = [k for k in REQUIRED_FIELDS if k not in raw]
-    if missing:
-        raise ValueError(f"{path}: missing field(s) {missing} (found {sorted(map(str, raw.keys()))})")
-    out = {k: _to_numpy(raw[k], path, k) for k in REQUIRED_FIELDS}
-
-    def check_shape(field, expected):
-        shape = out[field].shape
-        if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
-            want = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
-            raise ValueError(f"{path}: field {field!r} has shape {shape}, expected {want}")
-
-    check_shape("v_template", (None, 3))
-    V = out["v_template"].shape[0]
-    check_shape("kintree_table", (2, None))
-    J = out["kintree_table"].shape[1]
-    check_shape("shapedirs", (V, 3, None))
-    check_shape("posedirs", (V, 3, 9 * (J - 1)))
-    check_shape("J_regressor", (J, V))
-    check_shape("weights", (V, J))
-    check_shape("f", (None, 3))
-
-    for field in ("v_template", "shapedirs", "posedirs", "J_regressor", "weights"):
-        arr = out[field]
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise ValueError(f"{path}: field {field!r} must be a real numeric array, got dtype {arr.dtype}")
-        finite = np.isfinite(arr)
-        if not np.all(finite):
-            idx = tuple(int(i) for i in np.argwhere(~finite)[0])
-            raise ValueError(f"{path}: field {field!r} holds non-finite value {arr[idx]} at index {idx}")
-        out[field] = arr.astype(np.float64)
-
-    sums = out["weights"].sum(axis=1)
-    dev = np.abs(sums - 1.0)
-    if np.max(dev, initial=0.0) > WEIGHT_SUM_TOLERANCE:
-        r = int(np.argmax(dev))
-        raise ValueError(f"{path}: field 'weights': row {r} sums to {sums[r]:.6g}, expected 1 "
-                         f"(tolerance {WEIGHT_SUM_TOLERANCE})")
-
-    for field in ("kintree_table", "f"):
-        arr = out[field]
-        if not (np.issubdtype(arr.dtype, np.integer)
-                or (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)))):
-            raise ValueError(f"{path}: field {field!r} must hold integers, got dtype {arr.dtype}")
-    table = out["kintree_table"].astype(np.int64)
-    if not np.array_equal(table[1], np.arange(J)):
-        raise ValueError(f"{path}: field 'kintree_table': row 1 must list joints 0..{J - 1} in order, got {table[1].tolist()}")
-    parents = [-1] + [int(p) for p in table[0, 1:]]
-    for j, p in enumerate(parents[1:], start=1):
-        if not 0 <= p < j:
-            raise ValueError(f"{path}: field 'kintree_table': joint {j} has parent {p}; parents must precede their children")
-    out["parents"] = tuple(parents)
-
-    faces = out["f"].astype(np.int64)
-    if faces.size and (faces.min() < 0 or faces.max() >= V):
-        raise ValueError(f"{path}: field 'f': face indices must lie in [0, {V}), got range "
-                         f"[{faces.min()}, {faces.max()}]")
-    out["f"] = faces.astype(np.int32)
-    return out
-
-
-def _to_numpy(value, path: str, field: str) -> np.ndarray:
-    """Converts a loaded field (ndarray, sparse matrix, chumpy stand-in, list) to a dense ndarray."""
-    if isinstance(value, _PickledChumpy):
-        value = value.recover(path, field)
-    if isinstance(value, _PickledSparse):
-        value = value.dense(path, field)
-    elif hasattr(value, "toarray") and callable(value.toarray):  # a real scipy.sparse object
-        value = value.toarray()
-    try:
-        arr = np.asarray(value)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: field {field!r} cannot be converted to an array ({type(value).__name__})") from e
-    if arr.dtype == object:
-        raise ValueError(f"{path}: field {field!r} is not a numeric array (got {type(value).__name__} "
-                         f"with dtype object)")
-    return arr
-
-
-# ---- pickle support without chumpy / scipy --------------------------------------------------
-
-
-class _PickledChumpy:
-    """Stand-in for any chumpy class: keeps the pickled state so the array value can be recovered.
-
-    A plain ``chumpy.Ch`` pickles as ``NEWOBJ(cls)`` followed by its ``__dict__`` minus two caches;
-    the array value is the ``'x'`` entry. Derived chumpy expressions (sums, products, ...) have no
-    ``'x'`` and cannot be evaluated without chumpy.
-    """
-
-    _chumpy_name = "chumpy.Ch"
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj._args, obj._state = args, None
-        return obj
-
-    def __init__(self, *args, **kwargs):  # called only by protocol-0 INST/OBJ opcodes
-        if args:
-            self._args = args
-
-    def __setstate__(self, state):
-        self._state = state
-
-    def recover(self, path: str, field: str, depth: int = 0) -> np.ndarray:
-        state = self._state
-        if isinstance(state, tuple) and len(state) == 2 and all(s is None or isinstance(s, dict) for s in state):
-            merged = {}
-            for s in state:
-                merged.update(s or {})
-            state = merged
-        value = None
-        if isinstance(state, dict) and "x" in state:
-            value = state["x"]
-        elif state is None and len(self._args) == 1:
-            value = self._args[0]
-        if value is None:
-            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(
-                f"{path}: field {field!r} is a chumpy object of class {self._chumpy_name} whose array value "
-                f"cannot be recovered without chumpy (pickled state: {keys}); re-save the model with plain "
-                f"numpy arrays")
-        if isinstance(value, _PickledChumpy):
-            if depth > 8:
-                raise ValueError(f"{path}: field {field!r}: chumpy objects nested too deeply")
-            return value.recover(path, field, depth + 1)
-        if isinstance(value, _PickledSparse):
-            return value.dense(path, field)
-        return np.asarray(value)
-
-
-@functools.lru_cache(maxsize=None)
-def _chumpy_class(module: str, name: str) -> type:
-    return type(name, (_PickledChumpy,), {"_chumpy_name": f"{module}.{name}", "__module__": __name__})
-
-
-class _PickledSparse:
-    """Stand-in for ``scipy.sparse`` matrices/arrays (csc, csr, coo) rebuilt densely with numpy."""
-
-    _sparse_name = "csc_matrix"
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj._state = None
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self._state = state
-
-    def dense(self, path: str, field: str) -> np.ndarray:
-        name = self._sparse_name
-        state = self._state if isinstance(self._state, dict) else {}
-        fmt = name[:3]
+    betas = tuple(get("betas", ()) or ())
+    if betas:
         try:
-            shape = tuple(int(s) for s in state.get("_shape", state.get("shape")))
-            if len(shape) != 2:
-                raise ValueError("only 2-d sparse matrices are supported")
-            data = np.asarray(state["data"])
-            out = np.zeros(shape, dtype=np.result_type(data.dtype, np.float64))
-            if fmt in ("csc", "csr"):
-                indices = np.asarray(state["indices"], np.int64)
-                indptr = np.asarray(state["indptr"], np.int64)
-                n_outer = shape[1] if fmt == "csc" else shape[0]
-                if indptr.shape != (n_outer + 1,):
-                    raise ValueError(f"indptr has shape {indptr.shape}, expected ({n_outer + 1},)")
-                outer = np.repeat(np.arange(n_outer), np.diff(indptr))
-                rows, cols = (indices, outer) if fmt == "csc" else (outer, indices)
-            elif fmt == "coo":
-                if "coords" in state:
-                    rows, cols = (np.asarray(c, np.int64) for c in state["coords"])
-                else:
-                    rows, cols = np.asarray(state["row"], np.int64), np.asarray(state["col"], np.int64)
-            else:
-                raise ValueError(f"sparse format {name!r} is not supported (use csc, csr or coo)")
-            np.add.at(out, (rows, cols), data)
-            return out
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise ValueError(f"{path}: field {field!r}: cannot rebuild pickled sparse matrix {name} "
-                             f"({type(e).__name__}: {e})") from e
-
-
-@functools.lru_cache(maxsize=None)
-def _sparse_class(name: str) -> type:
-    return type(name, (_PickledSparse,), {"_sparse_name": name, "__module__": __name__})
-
-
-_NUMPY_GLOBALS = frozenset({"_reconstruct", "scalar", "dtype", "ndarray", "_frombuffer", "frombuffer", "matrix"})
-_BUILTIN_GLOBALS = frozenset({"set", "frozenset", "object", "slice", "complex", "list", "dict", "tuple",
-                              "bytearray", "bytes", "int", "float", "str", "bool", "unicode", "long"})
-_MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
-
-
-class _ModelUnpickler(pickle.Unpickler):
-    """Unpickler for model files: Python-2 pickles, chumpy and scipy.sparse replaced by stand-ins,
-    every other global outside a small allow-list refused."""
-
-    def __init__(self, fh: io.BufferedIOBase):
-        super().__init__(fh, encoding="latin1")
-
-    def find_class(self, module: str, name: str):
-        root = module.split(".")[0]
-        if root == "chumpy":
-            return _chumpy_class(module, name)
-        if root == "scipy" and module.startswith("scipy.sparse") and name.endswith(("_matrix", "_array")):
-            return _sparse_class(name)
-        if root == "numpy" and name in _NUMPY_GLOBALS:
-            if module.startswith("numpy.core") and hasattr(np, "_core"):
-                module = "numpy._core" + module[len("numpy.core"):]
-            return super().find_class(module, name)
-        if module in ("numpy", "numpy.dtypes"):
-            obj = getattr(np if module == "numpy" else getattr(np, "dtypes", None), name, None)
-            if isinstance(obj, type) and issubclass(obj, (np.generic, np.dtype)):
-                return obj
-        normalised = _MODULE_ALIASES.get(module, module)
-        if ((normalised == "builtins" and name in _BUILTIN_GLOBALS)
-                or (normalised == "copyreg" and name == "_reconstructor")
-                or (normalised == "_codecs" and name == "encode")
-                or (normalised == "collections" and name == "OrderedDict")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load global {module}.{name}: model files may only pickle numpy arrays, "
-            f"scipy.sparse matrices, chumpy arrays and plain containers")
+            betas = np.asarray(betas, np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config.body.betas: expected numbers, got {betas!r}") from e
+        if betas.ndim != 1 or betas.shape[0] > model.num_betas:
+            raise ValueError(f"config.body.betas: {betas.shape[0]} coefficients but {path} has "
+                             f"{model.num_betas} shape blend shapes (field 'shapedirs')")
+    try:
+        return to_body(model, betas=betas if len(betas) else None, keypoints=keypoint_set,
+                       uv_table=table, pose_blend_shapes=bool(get("pose_blend_shapes", True)))
+    except ValueError as e:
+        raise ValueError(f"config.body.smpl_path: {e}") from e

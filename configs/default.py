@@ -3,10 +3,16 @@
     python -m experiments.deform_and_learn --config configs/default.py --workdir workdir/default
 
 Finishes 3 deform-and-learn rounds in minutes on a 2-core CPU. Every number of the papers lives here
-under the paper's name, with the equation it belongs to; the CPU-sized choices say so.
-Variants: ``--config configs/default.py:smoke`` shrinks everything further (tests, a quick look).
+under the paper's name, with the equation it belongs to; the CPU-sized choices say so, and so do the
+EXTENSIONS (what the papers do not have). Each algorithm's block maps straight onto its dataclass
+(``LifterConfig(**c.lifter)``, ``RegistrationConfig(**c.registration)``, ...).
+
+Variants (``--config configs/default.py:VARIANT``): ``smoke`` shrinks everything (tests, a quick
+look), ``bench`` is the larger setting where fidelity is measured (about 45 min on 2 cores).
 """
 import ml_collections
+
+from bodyjax.loop import compilation_cache
 
 
 def get_config(variant: str = ""):
@@ -17,6 +23,15 @@ def get_config(variant: str = ""):
     c.distributed = False                 # call jax.distributed.initialize() (multi-host)
     c.stop_after_stages = -1              # testing aid: exit after this many stages (simulated kill)
     c.pictures = True
+    c.compilation_cache = compilation_cache.DEFAULT_DIR  # JAX's persistent cache ('' = off)
+
+    c.body = ml_collections.ConfigDict()
+    c.body.kind = "default"               # 'default' (the embedded MakeHuman body) or 'smpl'
+    c.body.smpl_path = ""                 # 'smpl': the licensed SMPL model file (.pkl / .npz)
+    c.body.betas = ()                     # 'smpl': the shape β of the body (empty: the mean shape)
+    c.body.uv_table = ""                  # 'smpl': DensePose's UV_Processed.mat (the part charts)
+    c.body.pose_blend_shapes = True       # 'smpl': apply SMPL's pose blend shapes ("optionally")
+    c.body.h36m_regressor = ""            # 'smpl': J_regressor_h36m.npy for Human3.6M evaluation
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"           # 'synthetic' or 'densepose_coco'
@@ -28,8 +43,12 @@ def get_config(variant: str = ""):
     c.data.max_points = 160               # ~100-200 DensePose points per person
     c.data.keypoint_set = "coco17"        # the keypoint set of eq. 9, the lifter and the regressor
     c.data.seed = 0
+    c.data.lifter_corpus = ""             # separate 2D keypoints for the lifter (the paper: MPII):
+                                          # 'synthetic' (posed bodies, no rendering), a MPII/COCO
+                                          # keypoint JSON path, or '' (none)
+    c.data.lifter_corpus_size = 20_000    # 'synthetic' corpus size (tens of thousands cost seconds)
 
-    c.lifter = ml_collections.ConfigDict()   # appendix 2 and 5.1
+    c.lifter = ml_collections.ConfigDict()   # bodyjax.lifter.LifterConfig (appendix 2 and 5.1)
     c.lifter.hidden = 256                 # CPU-sized (paper-size default 1024)
     c.lifter.num_layers = 8               # "eight linear layers"
     c.lifter.epsilon = 0.1                # ε of eq. 6
@@ -37,47 +56,79 @@ def get_config(variant: str = ""):
     c.lifter.mu_end = 1.0                 # ... to 1
     c.lifter.angles_deg = (45.0, 60.0, 90.0, 135.0, 180.0, 235.0, 270.0)  # φ of eq. 1
     c.lifter.learning_rate = 1e-3         # CPU-sized short training (paper, 5.1: 2e-4)
-    c.lifter.epochs = 20                  # CPU-sized (paper: 50 per round)
+    c.lifter.num_epochs = 20              # CPU-sized (paper: 50 per round)
     c.lifter.batch_size = 128             # CPU-sized (paper: 1024)
-    c.lifter.use_depths = True            # z^GAN in eq. 9
     c.lifter.knee_weight = 1.0            # EXTENSION (not in the paper): knee-direction prior that breaks
-                                          # eq. 1-4's exact depth-mirror ambiguity (bodyjax/lifter.py)
+                                          # eq. 1-4's exact depth-mirror ambiguity (bodyjax.losses.l_knee)
     c.lifter.face_weight = 1.0            # EXTENSION: face-direction prior (nose in front of the ears)
     c.lifter.discriminator_keypoints = "body"  # D sees the body keypoints: the face is labelled only
                                           # when seen, so a rotated labelled face would betray the fakes
-    c.lifter.visibility = "labelled"      # body keypoints count as labelled (COCO convention)
 
-    c.registration = ml_collections.ConfigDict()  # appendix 3 and 5.1
-    c.registration.learning_rate = 0.1
+    c.registration = ml_collections.ConfigDict()  # bodyjax.registration.RegistrationConfig, later rounds
+    c.registration.num_steps = 100        # later rounds: 100 passes from the regressor's prediction (5.1)
+    c.registration.learning_rate = 0.1    # Adam
     c.registration.w_dense = 1000.0       # ω_dense, eq. 7
     c.registration.w_kp = 1.0             # ω_KP
-    c.registration.w_scale = 10.0         # ω_scale
-    c.registration.w_joint = 0.001        # ω_joint
+    c.registration.w_scale = 10.0         # ω_scale (segment-scale smoothness, eq. 10)
+    c.registration.w_angle = 0.001        # ω_joint (joint-angle term, eq. 11)
     c.registration.w_det = 1.0            # ω_det
-    c.registration.first_steps = 300      # round 1: 300 forward-backward passes from the T-pose ...
-    c.registration.first_w_scale = 100.0  # ... with a stiff body
-    c.registration.first_w_joint = 1.0
-    c.registration.later_steps = 100      # later rounds: 100 passes from the regressor's prediction
-    c.registration.batch_size = 200       # images per jitted call (paper: 10 on a GPU)
     c.registration.dense_reduction = "mean"
+    c.registration.use_depth = True       # z^GAN in eq. 9
+    # Round 1 (5.1): 300 passes from the T-pose with a stiff body; the other fields follow the later
+    # rounds' (linked: --config.registration.w_dense=... changes both).
+    first = dict(num_steps=300, w_scale=100.0, w_angle=1.0)
+    c.registration_first = ml_collections.ConfigDict(
+        {k: first.get(k, c.registration.get_ref(k)) for k in c.registration.keys()})
 
-    c.regressor = ml_collections.ConfigDict()  # appendix 4 and 5.1
+    c.regressor = ml_collections.ConfigDict()  # bodyjax.regressor.RegressorConfig (appendix 4, 5.1)
     c.regressor.depth = 18                # CPU-sized (paper: ResNet50)
     c.regressor.width = 32                # CPU-sized (standard 64)
     c.regressor.image_size = 64           # CPU-sized (paper: 224)
+    c.regressor.input = "rgb"             # 'rgb' (the paper); EXTENSIONS: 'parts', 'iuv' (two-stage)
     c.regressor.pose_head = "quaternion"  # 132 outputs; 'rot6d' (SPIN) or 'matrix_svd' (NBF)
     c.regressor.learning_rate = 1e-3      # CPU-sized from scratch (paper: 1e-4, ImageNet-pretrained)
-    c.regressor.epochs = 8                # per round, CPU-sized (paper: 30)
+    c.regressor.num_epochs = 8            # per round, CPU-sized (paper: 30)
     c.regressor.batch_size = 32           # CPU-sized (paper: 30)
     c.regressor.alpha = 1.0               # α of eq. 13 (regression, eq. 14)
     c.regressor.beta = 10.0               # β (dense)
     c.regressor.gamma = 1.0               # γ (keypoints)
-    c.regressor.augment = True            # scale, rotation, flip with left/right swap, colour
-    c.regressor.flip_prob = 0.0           # no flips on the synthetic set: its renderer mixes the fixed,
+    c.regressor.pretrained = ""           # torchvision-layout ResNet weights (.safetensors/.npz)
+
+    c.augment = ml_collections.ConfigDict()  # bodyjax.data.augment.AugmentConfig (not in the paper)
+    c.augment.enabled = True              # scale, rotation, shift, colour
+    c.augment.flip_prob = 0.0             # no flips on the synthetic set: its renderer mixes the fixed,
                                           # side-specific DensePose part colours into the clothes, so a
                                           # mirrored image contradicts its swapped labels (real data: 0.5)
-    c.regressor.pretrained = ""           # torchvision-layout ResNet50 weights (.safetensors/.npz)
 
+    c.iuv_net = ml_collections.ConfigDict()  # bodyjax.iuv_net.IUVNetConfig: EXTENSION, the first stage
+    c.iuv_net.image_size = 64             # of the two-stage regressor (used when regressor.input != 'rgb')
+    c.iuv_net.num_epochs = 20
+    c.iuv_net.batch_size = 32
+    c.iuv_net.learning_rate = 1e-3
+
+    c.loop = ml_collections.ConfigDict()  # bodyjax.loop.deform_and_learn.LoopConfig
+    c.loop.registration_chunk = 200       # images per jitted registration call (paper: 10 on a GPU)
+    c.loop.use_lifter_depths = True       # z^GAN of eq. 9 from the lifter
+    c.loop.lifter_visibility = "labelled"  # body keypoints count as labelled (COCO convention)
+    c.loop.lifter_keypoints = "images"    # 'images', 'corpus' (data.lifter_corpus, as the paper's
+                                          # MPII) or 'both'
+    c.loop.keep_best_fits = False         # EXTENSION: SPIN's fits dictionary
+    c.loop.first_round_relax_steps = 0    # EXTENSION: round 1 continues from the stiff fit with the
+                                          # later rounds' weights for this many steps
+    c.loop.regressor_maps = "labels"      # two-stage: train on the label maps or the predicted ones
+    c.loop.workers = 0                    # grain worker processes (0: in the main process)
+
+    c.evaluation = ml_collections.ConfigDict()
+    c.evaluation.table_mpjpe = "mpjpe"    # the table's MPJPE: 'mpjpe' (rescaled to the canonical
+                                          # average skeleton, the paper's) or 'mpjpe_target'
+
+    if variant:
+        apply_variant(c, variant, "configs/default.py")
+    return c
+
+
+def apply_variant(c, variant: str, where: str):
+    """Shrinks (``smoke``) or grows (``bench``) a config in place; shared by every config file."""
     if variant == "smoke":
         c.num_rounds = 2
         c.pictures = False
@@ -85,16 +136,23 @@ def get_config(variant: str = ""):
         c.data.train_size = 16
         c.data.test_size = 8
         c.data.max_points = 64
+        c.data.lifter_corpus_size = 256
         c.lifter.hidden = 32
-        c.lifter.epochs = 2
+        c.lifter.num_epochs = 2
         c.lifter.batch_size = 8
-        c.registration.first_steps = 20
-        c.registration.later_steps = 10
-        c.registration.batch_size = 8
+        c.registration.num_steps = 10
+        c.registration_first.num_steps = 20
+        c.loop.registration_chunk = 8
+        c.regressor.depth = 18
         c.regressor.width = 8
         c.regressor.image_size = 32
-        c.regressor.epochs = 1
+        c.regressor.num_epochs = 1
         c.regressor.batch_size = 8
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} of configs/default.py (known: smoke)")
-    return c
+        c.iuv_net.image_size = 32
+        c.iuv_net.num_epochs = 1
+        c.iuv_net.batch_size = 8
+    elif variant == "bench":
+        c.data.train_size = 3000
+        c.data.test_size = 300
+    else:
+        raise ValueError(f"unknown variant {variant!r} of {where} (known: smoke, bench)")

@@ -4,11 +4,13 @@
         --config.data.manual_dir=/path/to/densepose --workdir workdir/densepose
 
 ``manual_dir`` holds densepose_coco_2014_train.json, densepose_coco_2014_minival.json and the COCO
-train2014/ and val2014/ images (see bodyjax/data/tfds_builders.py). The default template's charts map
-DensePose (I, U, V) onto the body only approximately; SMPL with the official per-vertex IUV table is
-the exact path. There is no 3D ground truth: evaluation reports 2D errors.
+train2014/ and val2014/ images (see bodyjax/data/tfds_builders.py). With ``--config.body.kind=smpl``
+and the paths of the SMPL model file and DensePose's UV_Processed.mat (``body.smpl_path``,
+``body.uv_table``) the body is SMPL's mean shape and the (I, U, V) annotations map exactly onto it
+(the README's "Real data" section); the default MakeHuman body's charts map them only approximately.
+There is no 3D ground truth: evaluation reports 2D errors. Variants: ``:smoke``.
 """
-from configs import paper
+from configs import default, paper
 
 
 def get_config(variant: str = ""):
@@ -17,7 +19,7 @@ def get_config(variant: str = ""):
     c.data.manual_dir = ""
     c.data.train_size = -1                # all usable annotations
     c.data.test_size = -1
-    c.regressor.flip_prob = 0.5           # real images: left/right flips with the label swap
+    c.augment.flip_prob = 0.5             # real images: left/right flips with the label swap
     if variant:
-        raise ValueError(f"configs/densepose_coco.py has no variant {variant!r}")
+        default.apply_variant(c, variant, "configs/densepose_coco.py")
     return c

@@ -14,7 +14,8 @@ import os
 
 from absl import app, flags
 
-from experiments import deform_and_learn  # defines --config and --workdir
+from bodyjax.loop.experiment import train_and_evaluate
+from experiments import deform_and_learn  # noqa: F401 - defines --config and --workdir
 
 FLAGS = flags.FLAGS
 FLAGS.set_default("workdir", "workdir/ablation")  # here: the parent directory of the two runs
@@ -29,12 +30,12 @@ def main(argv):
     for name, iterate in (("iterative", True), ("single", False)):
         config = copy.deepcopy(FLAGS.config)
         config.iterate = iterate
-        results[name] = deform_and_learn.train_and_evaluate(config, os.path.join(FLAGS.workdir, name))[-1]
+        results[name] = train_and_evaluate(config, os.path.join(FLAGS.workdir, name))[-1]
     print(f"\n{'':<14}" + "".join(f"{label:>18}" for _, label in KEYS))
     for name, final in results.items():
         print(f"{name:<14}" + "".join(f"{final.get(k, float('nan')):>18.3f}" for k, _ in KEYS))
     print(f"(same data, seed and total regressor epochs: {FLAGS.config.num_rounds} × "
-          f"{FLAGS.config.regressor.epochs})")
+          f"{FLAGS.config.regressor.num_epochs})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from bodyjax import body, render
-from experiments.pictures import render_view
+from bodyjax.loop.pictures import render_view
 from bodyjax.rotations import axis_angle_to_matrix
 
 FLAGS = flags.FLAGS

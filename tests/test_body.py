@@ -306,8 +306,54 @@ def test_gradients_match_finite_differences(template):
 def test_check_params_names_the_field(template):
     params = body.rest_params(template, (2,))
     body.check_params(params)
-    with pytest.raises(ValueError, match="segment_scales"):
+    body.check_params(params, "f: p", batch_shape=(2,))
+    with pytest.raises(ValueError, match=r"params\.segment_scales has shape \(2, 23\), expected \(2, 24\)"):
         body.check_params(params.replace(segment_scales=jnp.ones((2, 23))))
+    with pytest.raises(ValueError, match=r"^f: p\.pose has shape \(2, 24, 3\), expected \(3, 24, 3\)"):
+        body.check_params(params, "f: p", batch_shape=(3,))
+    with pytest.raises(ValueError, match=r"p\.rotation has dtype int32, expected float"):
+        body.check_params(params.replace(rotation=jnp.ones((2, 3, 3), jnp.int32)), "f: p")
+    with pytest.raises(ValueError, match="must be a BodyParams, got dict"):
+        body.check_params(dict(pose=params.pose), "f: p")
+
+
+# Wrongly shaped fields of a batch of 8 and what the message must say. A (8, 1) scale used to
+# broadcast silently (vertices2d of shape (8, 8, V, 2)).
+BAD_FIELDS = {
+    "scale (8, 1)": ("scale", (8, 1), r"params\.\w+ has shape"),
+    "translation (8, 3)": ("translation", (8, 3), r"params\.translation has shape \(8, 3\), expected \(8, 2\)"),
+    "segment_scales (8, 23)": ("segment_scales", (8, 23),
+                               r"params\.segment_scales has shape \(8, 23\), expected \(8, 24\)"),
+    "pose with 23 joints": ("pose", (8, 23, 3), r"params\.pose has shape \(8, 23, 3\), expected \(8, 24, 3\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FIELDS))
+def test_forward_rejects_wrongly_shaped_params(template, case):
+    field, shape, message = BAD_FIELDS[case]
+    params = random_params(np.random.default_rng(9), (8,))
+    bad = params.replace(**{field: jnp.ones(shape, jnp.float32)})
+    ids = jnp.zeros((8, 5), jnp.int32)
+    calls = {
+        "forward": lambda: body.forward(template, bad),
+        "forward under jit": lambda: jax.jit(body.forward)(template, bad),   # checked at trace time
+        "forward_subset": lambda: body.forward_subset(template, bad, ids),
+        "forward_subset under jit": lambda: jax.jit(body.forward_subset)(template, bad, ids),
+    }
+    for name, call in calls.items():
+        where = name.split()[0]
+        with pytest.raises(ValueError, match=rf"^{where}: {message}") as info:
+            out = call()
+            pytest.fail(f"{name} returned vertices2d {out.vertices2d.shape} instead of raising")
+        assert "params." in str(info.value), name
+    # The same parameters with the right shapes go through (shapes only: no compilation).
+    assert jax.eval_shape(body.forward, template, params).vertices2d.shape == (8, template.num_vertices, 2)
+
+
+def test_forward_with_a_column_scale_names_params_scale(template):
+    params = random_params(np.random.default_rng(9), (8,))
+    with pytest.raises(ValueError, match=r"params\.scale has shape \(8, 1\), expected \(8,\)"):
+        body.forward(template, params.replace(scale=jnp.ones((8, 1), jnp.float32)))
 
 
 @pytest.mark.slow

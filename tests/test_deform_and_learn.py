@@ -1,4 +1,4 @@
-"""The main job: runs end to end, and a killed run resumes to exactly the uninterrupted result."""
+"""The main job: runs end to end, resumes exactly after a kill or from a damaged checkpoint."""
 import json
 import os
 import signal
@@ -6,19 +6,22 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+from bodyjax.loop import experiment
 from configs import default
-from experiments import deform_and_learn as experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def smoke_config(**overrides):
+def smoke_config(root, **overrides):
     config = default.get_config("smoke")
     config.data.train_size = 8
     config.data.test_size = 4
-    config.registration.batch_size = 8
+    config.loop.registration_chunk = 8
+    config.data.data_dir = str(root / "data")
+    config.compilation_cache = str(root / "jax_cache")
     for key, value in overrides.items():
         node = config
         *path, leaf = key.split(".")
@@ -40,9 +43,9 @@ def comparable(history):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One uninterrupted run of the smoke configuration (shared by the tests of this module)."""
+    """One uninterrupted run of the smoke configuration with the fits dictionary (shared)."""
     root = tmp_path_factory.mktemp("dnl")
-    config = smoke_config(**{"data.data_dir": str(root / "data")})
+    config = smoke_config(root, **{"loop.keep_best_fits": True})
     history = experiment.train_and_evaluate(config, str(root / "reference"))
     return root, config, history
 
@@ -51,22 +54,54 @@ def test_runs_all_rounds_and_reports(reference):
     root, config, history = reference
     assert [h["round"] for h in history] == [1, 2]
     for key in ("registration/train_mpjpe", "regressor/test_pa_mpjpe", "lifter/test_pa_mpjpe",
-                "registration/flagged_fraction"):
+                "registration/flagged_fraction", "baseline/mean_fit_pa_mpjpe",
+                "baseline/flat_lifter_pa_mpjpe", "registration/replaced"):
         assert all(key in h for h in history), key
     assert comparable(read_metrics(str(root / "reference"))) == comparable(history)
     assert os.listdir(os.path.join(root, "reference", "tensorboard"))
 
 
-@pytest.mark.parametrize("stop_after", [pytest.param(2, marks=pytest.mark.slow), 5])
-def test_killed_run_resumes_to_the_same_result(reference, stop_after):
-    """Stops right after stage `stop_after` (2: mid round 1; 5: after round 2's lifter) and resumes."""
+def test_fits_dictionary_never_worsens_the_image_terms(reference):
+    """Round 2's stored fits have image terms no higher than round 1's (per image)."""
     root, config, history = reference
-    workdir = str(root / f"killed{stop_after}")
-    config = smoke_config(**{"data.data_dir": str(root / "data"), "stop_after_stages": stop_after})
+    assert history[0]["registration/replaced"] == 8
+    assert 0 <= history[1]["registration/replaced"] <= 8
+
+
+def test_killed_run_resumes_to_the_same_result(reference):
+    """Stops right after stage 7 (round 2's lifter) and resumes to the uninterrupted metrics."""
+    root, config, history = reference
+    workdir = str(root / "killed")
+    config = smoke_config(root, **{"loop.keep_best_fits": True, "stop_after_stages": 7})
     with pytest.raises(SystemExit):
         experiment.train_and_evaluate(config, workdir)
     config.stop_after_stages = -1
     resumed = experiment.train_and_evaluate(config, workdir)
+    assert comparable(resumed) == comparable(history)
+
+
+def test_damaged_checkpoint_is_skipped(reference, capsys):
+    """The newest checkpoint of a stopped run is truncated: the resume says so, starts from the
+    previous one and ends with the uninterrupted metrics."""
+    root, config, history = reference
+    workdir = root / "damaged"
+    config = smoke_config(root, **{"loop.keep_best_fits": True, "stop_after_stages": 6})
+    with pytest.raises(SystemExit):
+        experiment.train_and_evaluate(config, str(workdir))
+    steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert steps == [5, 6]
+    data_files = [os.path.join(d, f) for d, _, fs in os.walk(workdir / "checkpoints" / "6") for f in fs
+                  if os.path.basename(d) == "d"]
+    assert data_files
+    for path in data_files:
+        with open(path, "r+b") as f:
+            f.truncate(max(1, os.path.getsize(path) // 3))
+    capsys.readouterr()
+    config.stop_after_stages = -1
+    resumed = experiment.train_and_evaluate(config, str(workdir))
+    out = capsys.readouterr().out
+    assert "checkpoint 6" in out and "cannot be read" in out and "skipping it" in out
+    assert "resuming from checkpoint 5" in out
     assert comparable(resumed) == comparable(history)
 
 
@@ -76,16 +111,17 @@ def test_sigkill_mid_stage_then_resume(reference):
     root, config, history = reference
     workdir = str(root / "sigkill")
     cmd = [sys.executable, "-m", "experiments.deform_and_learn", "--config", "configs/default.py:smoke",
-           "--config.data.train_size=8", "--config.data.test_size=4", "--config.registration.batch_size=8",
-           f"--config.data.data_dir={root / 'data'}", f"--workdir={workdir}"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+           "--config.data.train_size=8", "--config.data.test_size=4", "--config.loop.registration_chunk=8",
+           "--config.loop.keep_best_fits=True", f"--config.data.data_dir={root / 'data'}",
+           f"--config.compilation_cache={root / 'jax_cache'}", f"--workdir={workdir}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "BODYJAX_NO_COMPILATION_CACHE": "0"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
     deadline = time.time() + 600
     while time.time() < deadline:
         line = proc.stdout.readline()
         seen += line
-        if "round 1/2 regressor" in line:  # mid round 1, after two checkpoints
+        if "round 1/2 regressor" in line:  # mid round 1, after three checkpoints
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
@@ -94,3 +130,81 @@ def test_sigkill_mid_stage_then_resume(reference):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "resuming from checkpoint" in out.stdout
     assert comparable(read_metrics(workdir)) == comparable(history)
+
+
+def test_every_config_file_has_a_smoke_variant_that_builds():
+    import importlib
+
+    for name in ("default", "paper", "densepose_coco"):
+        module = importlib.import_module(f"configs.{name}")
+        config = module.get_config("smoke")
+        loop = experiment.loop_config(config)
+        assert loop.regressor.num_epochs == 1
+        with pytest.raises(ValueError, match="unknown variant"):
+            module.get_config("nonsense")
+
+
+def test_config_blocks_map_straight_onto_the_dataclasses():
+    config = default.get_config()
+    loop = experiment.loop_config(config)
+    assert loop.registration_first.num_steps == 300 and loop.registration.num_steps == 100
+    assert loop.registration_first.w_scale == 100.0 and loop.registration.w_scale == 10.0
+    # linked fields: the later rounds' weight changes round 1's too
+    config.registration.w_dense = 500.0
+    assert experiment.loop_config(config).registration_first.w_dense == 500.0
+    config.lifter.knee_wieght = 1.0
+    with pytest.raises(TypeError, match="config.lifter.*knee_wieght"):
+        experiment.loop_config(config)
+
+
+def test_mean_params_is_the_mean_of_the_fits():
+    import jax.numpy as jnp
+
+    from bodyjax import body
+    from bodyjax.loop import deform_and_learn as dnl
+    from bodyjax.rotations import axis_angle_to_quaternion
+
+    rng = np.random.default_rng(0)
+    m = 50
+    pose = rng.normal(size=(m, 24, 3)) * 0.3
+    fits = body.BodyParams(pose=pose.astype(np.float32),
+                           segment_scales=(1 + 0.05 * rng.normal(size=(m, 24))).astype(np.float32),
+                           rotation=np.broadcast_to(np.eye(3, dtype=np.float32), (m, 3, 3)).copy(),
+                           scale=rng.uniform(20, 30, m).astype(np.float32),
+                           translation=rng.uniform(20, 40, (m, 2)).astype(np.float32))
+    mean = dnl.mean_params(fits)
+    np.testing.assert_allclose(mean.segment_scales, fits.segment_scales.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(mean.scale, fits.scale.mean(), rtol=1e-5)
+    np.testing.assert_allclose(mean.rotation, np.eye(3), atol=1e-5)
+    # NumPy reference of the pose: normalised mean of the (w >= 0) unit quaternions, to axis-angle
+    q = np.asarray(axis_angle_to_quaternion(jnp.asarray(pose)), np.float64).mean(0)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    angle = 2 * np.arctan2(np.linalg.norm(q[:, 1:], axis=-1), q[:, 0])
+    ref = q[:, 1:] / np.maximum(np.linalg.norm(q[:, 1:], axis=-1, keepdims=True), 1e-12) * angle[:, None]
+    np.testing.assert_allclose(mean.pose, ref, atol=1e-4)
+
+
+def test_keep_best_keeps_the_lower_objective_fit():
+    from bodyjax import body
+    from bodyjax.loop import deform_and_learn as dnl
+
+    t = body.default_template()
+    old = body.rest_params(t, (4,), scale=1.0)
+    new = body.rest_params(t, (4,), scale=2.0)
+    old = jax_tree_numpy(old)
+    new = jax_tree_numpy(new)
+    old_obj = np.array([1.0, 1.0, 1.0, 1.0])
+    new_obj = np.array([0.5, 2.0, 0.5, 2.0])
+    old_flag = np.array([False, False, False, True])
+    new_flag = np.array([False, False, True, False])
+    fits, flagged, replaced = dnl.keep_best(old, old_obj, old_flag, new, new_obj, new_flag)
+    # 0: better -> new; 1: worse -> old; 2: better but flagged -> old; 3: old flagged -> new
+    np.testing.assert_array_equal(replaced, [True, False, False, True])
+    np.testing.assert_array_equal(fits.scale, [2.0, 1.0, 1.0, 2.0])
+    np.testing.assert_array_equal(flagged, [False, False, False, False])
+
+
+def jax_tree_numpy(tree):
+    import jax
+
+    return jax.tree_util.tree_map(np.asarray, tree)

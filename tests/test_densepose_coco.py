@@ -264,6 +264,41 @@ def test_samples_are_valid_cropped_and_rgb(dataset, index, template):
     assert s["dense_xy"].shape == (50, 2) and s["dense_mask"].sum() == records[1]["dense_xy"].shape[0]
 
 
+def test_paint_points_labels_exactly_the_annotated_pixels():
+    s = sample_lib.empty_sample((10, 12), 5, 17)
+    s["dense_xy"][:] = [[2.2, 3.7], [11.4, 9.3], [5.0, 5.0], [-0.4, 0.2], [30.0, 1.0]]
+    s["dense_mask"][:] = [1, 1, 0, 1, 1]              # point 2 is padding, point 4 is outside
+    point_iuv = np.array([[3, 0.0, 1.0], [24, 0.5, 0.25], [7, 0.1, 0.1], [1, 0.2, 0.998], [2, 0.3, 0.3]])
+    dpc.paint_points(s, point_iuv)
+    expected = np.full((10, 12, 3), 255, np.uint8)
+    expected[4, 2] = (3, 0, 254)
+    expected[9, 11] = (24, 127, 64)                   # round(254 · 0.5), round(254 · 0.25)
+    expected[0, 0] = (1, 51, 253)                     # round(50.8), round(253.49)
+    np.testing.assert_array_equal(s["iuv"], expected)
+
+
+def test_samples_carry_their_annotated_points_in_iuv(dataset, index):
+    """make_sample paints each kept point's (I, U, V) at its pixel; every other pixel stays 255."""
+    path, img_dir, _, _, _ = dataset
+    records, _ = dpc.load_densepose_coco(path, img_dir, index, image_size=(64, 48), max_points=20)
+    image = np.zeros((160, 160, 3), np.uint8)
+    for rec in records:
+        for context in (1.2, 1.6):
+            s = dpc.make_sample(rec, image, context=context)
+            a = transforms.crop_affine(rec["bbox"], (64, 48), context)
+            n = rec["dense_xy"].shape[0]
+            assert n <= 20
+            xy = transforms.apply_affine(a, rec["dense_xy"])
+            inside = transforms.inside(xy, (64, 48))
+            np.testing.assert_array_equal(s["dense_mask"][:n], inside)
+            expected = np.full((64, 48, 3), 255, np.uint8)
+            for (x, y), (i, u, v), ok in zip(xy, rec["dense_iuv"], inside):   # later points overwrite
+                if ok:
+                    expected[int(np.rint(y)), int(np.rint(x))] = (i, np.rint(254 * u), np.rint(254 * v))
+            np.testing.assert_array_equal(s["iuv"], expected)
+            assert np.sum(s["iuv"][..., 0] != 255) >= 5
+
+
 def test_missing_image_names_the_file(dataset, index):
     path, img_dir, _, _, _ = dataset
     records, _ = dpc.load_densepose_coco(path, img_dir, index)
@@ -278,7 +313,8 @@ def test_file_level_errors_name_file_and_field(tmp_path, index):
     with pytest.raises(ValueError, match="broken.json.*not a valid"):
         dpc.load_densepose_coco(bad, tmp_path, index)
     for content, field in [({"images": []}, "annotations"), ({"annotations": []}, "images"),
-                           ({"images": {}, "annotations": []}, "images")]:
+                           ({"images": {}, "annotations": []}, "images"),
+                           ({"images": [], "annotations": {"id": 1}}, "annotations")]:
         f = tmp_path / f"no_{field}.json"
         f.write_text(json.dumps(content))
         with pytest.raises(ValueError, match=f"no_{field}.json.*'{field}'"):

@@ -1,12 +1,14 @@
-"""Tests for the metric code of tools/eval_lifter.py (the lifter evaluation on synthetic data)."""
+"""Tests for tools/eval_lifter.py (the lifter evaluation on synthetic data): metrics, training, CLI."""
 
+import json
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bodyjax import body, metrics, skeletons
+from bodyjax import body, lifter, metrics, skeletons
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 import eval_lifter  # noqa: E402
@@ -91,3 +93,69 @@ def test_make_data_projects_the_record_keypoints():
     proj = d["scale"][:, None, None] * d["keypoints3d"][..., :2] + d["translation"][:, None]
     np.testing.assert_allclose(proj, d["keypoints2d"], atol=1e-2)
     assert set(np.unique(d["visibility"])) <= {0.0, 1.0}
+
+
+# The tool's training (run_epochs + array_batches + lifter.train_step) at a CPU size; one config,
+# batch size and keypoint count so that main() and test_train share the compiled steps.
+TINY = dict(width=16, batch=16, lr=1e-3)
+
+
+def _tiny_config(epochs=1):
+    return lifter.LifterConfig(hidden=TINY["width"], learning_rate=TINY["lr"], batch_size=TINY["batch"],
+                               num_epochs=epochs)
+
+
+def _same(a, b):
+    return all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: bool(jnp.array_equal(x, y)), a, b)))
+
+
+def test_train_runs_the_epoch_loop_with_the_joint_schedule():
+    data = _fake_data(m=40, seed=3)
+    rest = np.asarray(body.forward(body.default_template("coco17"),
+                                   body.rest_params(body.default_template("coco17"))).keypoints)
+    mean_ratios = np.asarray(skeletons.bone_ratios(jnp.asarray(rest), skeletons.COCO17))
+    cfg = _tiny_config()
+    s1, h1, _ = eval_lifter.train("r1", cfg, data, mean_ratios, 2, TINY["batch"], seed=0)
+    s2, h2, _ = eval_lifter.train("r1", cfg, data, mean_ratios, 2, TINY["batch"], seed=0)
+    assert int(s1.generator.step) == 2 * (40 // 16)            # the last partial batch is dropped
+    assert len(h1["loss_g"]) == 2 and np.all(np.isfinite(h1["loss_g"]))
+    assert h1["mu"] == [0.0, 0.0] and h1["joint"] == [0.0, 0.0]  # round 1: no eq. 5
+    assert _same(s1.generator.params, s2.generator.params)     # deterministic given the seed
+    assert s1.config == cfg and s1.keypoint_set == "coco17"
+    # Round 2 continues the state with eq. 5 on, mu decaying geometrically from 100 to 1.
+    targets = eval_lifter.noisy_targets(data, 30.0, seed=1)
+    s3, h3, _ = eval_lifter.train("r2", cfg, data, mean_ratios, 2, TINY["batch"], seed=1, state=s1,
+                                  joints3d=targets)
+    assert int(s3.generator.step) == 8
+    np.testing.assert_allclose(h3["mu"], [(100 + 100 ** (2 / 3)) / 2, (100 ** (1 / 3) + 1) / 2], rtol=1e-5)
+    assert all(j > 0 for j in h3["joint"])
+    # predict is lifter.lift on the data's keypoints: root-centred, in pixels.
+    pred = eval_lifter.predict(s3, data)
+    assert pred.shape == (40, 17, 3)
+    np.testing.assert_allclose(pred[..., :2], eval_lifter.flat_baseline(data)[..., :2], atol=1e-3)
+
+
+def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
+    seed, n_train, n_test = 0, 40, 12
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for s, n in ((1000 * seed + 1, n_train), (1000 * seed + 2, n_test)):
+        np.savez(cache / f"seed{s}_n{n}.npz", **_fake_data(m=n, seed=s))
+    out = tmp_path / "out.json"
+    eval_lifter.main(["--train", str(n_train), "--test", str(n_test), "--epochs", "1",
+                      "--width", str(TINY["width"]), "--batch", str(TINY["batch"]), "--lr", str(TINY["lr"]),
+                      "--seed", str(seed), "--runs", "paper,round2", "--cache", str(cache),
+                      "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "| method " in text and "flat baseline (z = 0)" in text
+    for label in ("R1 paper: adv+ratio+sym, 7 views", "stand-in targets (GT + 30 mm)",
+                  "R2: paper + joint loss (1 ep)"):
+        assert label in text, label
+    result = json.loads(out.read_text())
+    assert result["args"]["runs"] == "paper,round2" and result["args"]["visibility"] == "labelled"
+    rows = {name: r for name, r in result["rows"]}
+    assert set(rows["flat baseline (z = 0)"]) == {"mpjpe", "pa_mpjpe", "mpjpe_sign", "pa_sign", "flip",
+                                                  "flip_facing", "flip_away"}
+    assert all(np.isfinite(r["mpjpe"]) for r in rows.values())
+    assert set(result["gan"]) == set(result["times"]) == {"R1 paper: adv+ratio+sym, 7 views",
+                                                          "R2: paper + joint loss (1 ep)"}

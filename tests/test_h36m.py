@@ -136,6 +136,22 @@ def test_file_errors(tmp_path):
     assert h36m.load_h36m(tmp_path / "obj.npz", split="test", allow_pickle=True)["subject"].tolist() == [9]
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         h36m.load_h36m(tmp_path / "missing.npz")
+    np.savez(tmp_path / "no_name.npz", S=np.zeros((1, 24, 4)))
+    with pytest.raises(ValueError, match="no_name.npz: missing field 'imgname'"):
+        h36m.load_h36m(tmp_path / "no_name.npz")
+    for key, value in (("part", np.zeros((1, 24, 2))), ("center", np.zeros((1, 3))), ("scale", np.zeros((2,))),
+                       ("S", np.zeros((2, 24, 4))), ("part", np.full((1, 24, 3), "x"))):
+        fields = {"imgname": np.array(["S9_a.jpg"]), "S": np.zeros((1, 24, 4)), key: value}
+        np.savez(tmp_path / f"bad_{key}.npz", **fields)
+        with pytest.raises(ValueError, match=f"bad_{key}.npz: field '{key}'"):
+            h36m.load_h36m(tmp_path / f"bad_{key}.npz")
+    np.savez(tmp_path / "names2d.npz", imgname=np.array([["S9_a.jpg"]]), S=np.zeros((1, 24, 4)))
+    with pytest.raises(ValueError, match="names2d.npz: field 'imgname'"):
+        h36m.load_h36m(tmp_path / "names2d.npz")
+    good = (tmp_path / "shape.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(good[:len(good) // 2])
+    with pytest.raises(ValueError, match="cut.npz: cannot read"):
+        h36m.load_h36m(tmp_path / "cut.npz")
     with pytest.raises(ValueError, match="split"):
         h36m.load_h36m(tmp_path / "obj.npz", split="val")
 

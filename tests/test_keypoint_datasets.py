@@ -147,6 +147,60 @@ def test_mpii_file_errors(tmp_path):
         mpii.load_mpii(f, keypoint_set="lsp14")
 
 
+def test_keypoint_corpus_reads_both_layouts(tmp_path):
+    rng = np.random.default_rng(2)
+    mp = tmp_path / "mpii.json"
+    mp.write_text(json.dumps([_mpii_person(rng), _mpii_person(rng, "b.jpg")]))
+    corpus = mpii.load_keypoint_corpus(mp)
+    native, _ = mpii.load_mpii(mp, keypoint_set="coco17")
+    assert mpii.keypoint_file_layout(mp) == "mpii"
+    assert corpus["keypoints"].shape == (2, 17, 2) and corpus["keypoint_visible"].shape == (2, 17)
+    np.testing.assert_array_equal(corpus["keypoints"], native["keypoints"])
+    np.testing.assert_array_equal(corpus["keypoint_visible"], native["visibility"])
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({"annotations": [_coco_person(rng, 1), _coco_person(rng, 2)]}))
+    assert mpii.keypoint_file_layout(coco) == "coco"
+    data, _ = mpii.load_coco_keypoints(coco)
+    c17 = mpii.load_keypoint_corpus(coco)
+    np.testing.assert_array_equal(c17["keypoints"], data["keypoints"])
+    j24 = mpii.load_keypoint_corpus(coco, keypoint_set="joints24")
+    assert j24["keypoints"].shape == (2, 24, 2)
+    for ours, theirs in (("L_hip", "left_hip"), ("R_wrist", "right_wrist"), ("L_ankle", "left_ankle")):
+        np.testing.assert_array_equal(j24["keypoints"][:, SMPL_NAMES.index(ours)],
+                                      data["keypoints"][:, COCO_NAMES.index(theirs)])
+    assert not j24["keypoint_visible"][:, [SMPL_NAMES.index(n) for n in ("pelvis", "neck", "head")]].any()
+
+
+def test_keypoint_corpus_errors_name_the_file(tmp_path):
+    wrong = tmp_path / "wrong_shape.json"       # every person's joints have the wrong shape
+    wrong.write_text(json.dumps([{"image": "a.jpg", "center": [1, 2], "scale": 1.0,
+                                  "joints": [[1, 2, 3]] * 16, "joints_vis": [1] * 16},
+                                 {"image": "b.jpg", "center": [1, 2], "scale": 1.0,
+                                  "joints": [[1, 2]] * 15, "joints_vis": [1] * 15}]))
+    with pytest.raises(ValueError, match=r"wrong_shape.json: no usable person.*bad_keypoints=2"):
+        mpii.load_keypoint_corpus(wrong)
+    coco = tmp_path / "short_coco.json"
+    coco.write_text(json.dumps({"annotations": [{"id": 1, "keypoints": [1.0] * 50, "iscrowd": 0}]}))
+    with pytest.raises(ValueError, match=r"short_coco.json: no usable person.*bad_keypoints=1"):
+        mpii.load_keypoint_corpus(coco)
+    fieldless = tmp_path / "fieldless.json"
+    fieldless.write_text(json.dumps([{"name": "a"}, {"name": "b"}]))
+    with pytest.raises(ValueError, match="fieldless.json: neither an MPII keypoint file"):
+        mpii.load_keypoint_corpus(fieldless)
+    no_annotations = tmp_path / "no_annotations.json"
+    no_annotations.write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match="no_annotations.json: neither.*'annotations'"):
+        mpii.load_keypoint_corpus(no_annotations)
+    text = tmp_path / "text.json"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="text.json: not a keypoint file"):
+        mpii.load_keypoint_corpus(text)
+    with pytest.raises(ValueError, match="short_coco.json: unknown keypoint set 'mpii16'"):
+        mpii.load_keypoint_corpus(coco, keypoint_set="mpii16")
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        mpii.load_keypoint_corpus(tmp_path / "absent.json")
+
+
 JUNK = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.floats(allow_nan=True, allow_infinity=True),
                  st.integers(-10**20, 10**20), st.lists(st.floats(allow_nan=True), max_size=17),
                  st.lists(st.lists(st.floats(allow_nan=True), max_size=3), max_size=17), st.just([]))

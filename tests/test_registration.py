@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from bodyjax import body, losses, registration as reg
-from bodyjax.data import synthetic
-from bodyjax.rotations import gram_schmidt
+from bodyjax.batch import Batch
+from bodyjax.data import sample, synthetic
+from bodyjax.rotations import axis_angle_to_matrix, gram_schmidt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
@@ -31,6 +32,7 @@ FIT = reg.stiff_config(num_steps=40)  # round 1 (stiff), shortened
 BLOWUP = dataclasses.replace(FIT, learning_rate=1e3)
 DATA_CFG = synthetic.SyntheticConfig(image_size=SIZE, max_points=64, num_points=(40, 64))
 PARAM_FIELDS = ("pose", "segment_scales", "rotation", "scale", "translation")
+INPUT_FIELDS = ("dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,16 @@ def template():
 
 
 @pytest.fixture(scope="module")
-def batch(template):
-    """``NUM`` clean synthetic samples (64 px), images dropped."""
+def split(template):
+    """``NUM`` clean synthetic samples (64 px) as stacked records, images dropped."""
     data = synthetic.make_split(template, DATA_CFG, seed=0, num_samples=NUM)
     return {k: v for k, v in data.items() if k != "image"}
+
+
+@pytest.fixture(scope="module")
+def batch(split):
+    """The registration's input: the :class:`Batch` of ``split`` without pixels or ground truth."""
+    return sample.to_batch(split, with_image=False, with_gt=False)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +67,9 @@ def clean_fit(template, batch, init):
 @pytest.fixture(scope="module")
 def blowup_fit(template, batch, init):
     """A fit with a learning rate of 1000 (every sample blows up) and the jit cache sizes around it."""
-    before = reg.register._cache_size()
+    before = reg._register._cache_size()
     params, report = reg.register(template, batch, init, BLOWUP, IMAGE)
-    after = reg.register._cache_size()
+    after = reg._register._cache_size()
     return jax.tree_util.tree_map(np.asarray, (params, report)), before, after
 
 
@@ -72,10 +80,9 @@ def blowup_fit(template, batch, init):
 def objective(template, batch, params, config, image_size=IMAGE):
     """Per-sample eq. (7) at pixel-unit ``params`` for a clean batch, in normalised image units
     ``(pixel − centre) / (max(H, W) / 2)``: ``(total, terms, mean dense reprojection error in px)``."""
-    keys = ("dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible")
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    total, terms, residual = _objective(template, {k: jnp.asarray(batch[k]) for k in keys}, params,
-                                        config, image_size)
+    total, terms, residual = _objective(template, {k: jnp.asarray(getattr(batch, k)) for k in INPUT_FIELDS},
+                                        params, config, image_size)
     return np.asarray(total), {k: np.asarray(v) for k, v in terms.items()}, np.asarray(residual)
 
 
@@ -95,7 +102,7 @@ def _objective(template, batch, params, config, image_size):
         "l_det": losses.l_det(params.rotation),
     }
     total = (config.w_dense * terms["l_dense"] + config.w_kp * terms["l_kp"]
-             + config.w_scale * terms["l_scale"] + config.w_joint * terms["l_angle"]
+             + config.w_scale * terms["l_scale"] + config.w_angle * terms["l_angle"]
              + config.w_det * terms["l_det"])
     err = jnp.linalg.norm(out.vertices2d - batch["dense_xy"], axis=-1)
     residual = jnp.sum(err * mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1.0)
@@ -123,7 +130,7 @@ def test_fit_reduces_loss_and_residual_from_init(template, batch, init, clean_fi
     assert np.all(res1 <= res0 + 1e-3), (res0, res1)
     assert np.mean(res1) < 0.5 * np.mean(res0), (res0, res1)
     assert np.all(res1 < 2.0)  # pixels in a 64-px image, exact synthetic correspondences
-    np.testing.assert_array_equal(report.num_points, batch["dense_mask"].sum(1).astype(np.int32))
+    np.testing.assert_array_equal(report.num_points, batch.dense_mask.sum(1).astype(np.int32))
     assert not report.diverged.any() and not report.flagged.any() and not report.num_dropped.any()
 
 
@@ -133,7 +140,7 @@ def test_fit_reduces_loss_and_residual_from_init(template, batch, init, clean_fi
 
 def _corrupt(batch, init):
     """Corrupts samples 0, 2, 3, 5, 6, 7 of a copy of the batch; returns it, the init and what was done."""
-    d = {k: np.array(v, copy=True) for k, v in batch.items()}
+    d = {k: np.array(getattr(batch, k), copy=True) for k in INPUT_FIELDS}
     n_valid = d["dense_mask"].sum(1).astype(int)
     n_vis = d["keypoint_visible"].sum(1).astype(int)
     expected_dropped = np.zeros(NUM, np.int32)
@@ -159,7 +166,7 @@ def _corrupt(batch, init):
     corrupted = [0, 3, 5, 6, 7]
     # 2: an absurd init (translation 1e20 px): non-finite loss from the start
     bad_init = init.replace(translation=init.translation.at[2].set(1e20))
-    return d, bad_init, corrupted + [2], expected_dropped
+    return Batch(**d), bad_init, corrupted + [2], expected_dropped
 
 
 def test_corrupted_samples_are_flagged_and_others_unchanged(template, batch, init, clean_fit):
@@ -218,12 +225,13 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from bodyjax import body, registration as reg
+    from bodyjax.batch import Batch
 
     path, out_path, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     assert len(jax.devices()) == 4, jax.devices()
     data = dict(np.load(path))
     template = body.default_template()
-    batch = {k[2:]: v for k, v in data.items() if k.startswith("b_")}
+    batch = Batch(**{k[2:]: v for k, v in data.items() if k.startswith("b_")})
     init = body.BodyParams(**{k[2:]: v for k, v in data.items() if k.startswith("p_")})
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     sharding = NamedSharding(mesh, P("batch"))
@@ -240,7 +248,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 def test_sharded_batch_matches_single_device(tmp_path, batch, init, clean_fit):
     assert FIT == reg.stiff_config(num_steps=FIT.num_steps)
     path, out_path = tmp_path / "in.npz", tmp_path / "out.npz"
-    np.savez(path, **{f"b_{k}": v for k, v in batch.items()},
+    np.savez(path, **{f"b_{k}": getattr(batch, k) for k in INPUT_FIELDS},
              **{f"p_{f}": np.asarray(getattr(init, f)) for f in PARAM_FIELDS})
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -268,8 +276,8 @@ def _yaw_deg(rotation):
 def test_affine_init_recovers_facing_direction_from_behind(template):
     cfg = dataclasses.replace(DATA_CFG, yaw_range=(180.0, 180.0))
     data = synthetic.make_split(template, cfg, seed=3, num_samples=NUM)  # NUM: reuses compilations
-    data = {k: v for k, v in data.items() if k != "image"}
-    init = reg.init_params(template, data, IMAGE)
+    batch = sample.to_batch(data, with_image=False, with_gt=False)
+    init = reg.init_params(template, batch, IMAGE)
     rot = np.asarray(gram_schmidt(init.rotation))
     np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-4)
     gt_yaw = _yaw_deg(data["gt_rotation"])
@@ -278,19 +286,19 @@ def test_affine_init_recovers_facing_direction_from_behind(template):
     assert np.mean(err < 30.0) >= 0.75, err
     assert np.median(err) < 20.0, err
     # the identity start is ~180° off for the same people
-    ident = reg.init_params(template, data, IMAGE, rotation="identity")
+    ident = reg.init_params(template, batch, IMAGE, rotation="identity")
     err_id = np.abs((_yaw_deg(np.asarray(ident.rotation)) - gt_yaw + 180.0) % 360.0 - 180.0)
     assert np.all(err_id > 150.0)
     # scale and translation put the body on the image: the init's residual is a few pixels
-    _, _, res = objective(template, data, init, FIT)
+    _, _, res = objective(template, batch, init, FIT)
     assert np.median(res) < 0.2 * SIZE, res
 
 
 def test_init_without_points_is_finite_identity(template, batch):
-    d = {k: np.array(v, copy=True) for k, v in batch.items()}
+    d = {k: np.array(getattr(batch, k), copy=True) for k in INPUT_FIELDS}
     d["dense_mask"][:2] = 0.0
     d["dense_xy"][1] = np.nan
-    p = reg.init_params(template, d, IMAGE)
+    p = reg.init_params(template, Batch(**d), IMAGE)
     assert _finite(p)
     np.testing.assert_array_equal(np.asarray(p.rotation)[:2], np.broadcast_to(np.eye(3), (2, 3, 3)))
 
@@ -313,10 +321,130 @@ def test_config_is_static_and_hashable():
 def test_same_config_does_not_retrace_and_new_config_recompiles(template, batch, init, clean_fit, blowup_fit):
     _, before, after = blowup_fit
     assert after == before + 1  # a different config compiles a new program
-    n = reg.register._cache_size()
+    n = reg._register._cache_size()
     # an equal config built anew, and different values of the same shapes: no new trace
     same = reg.stiff_config(num_steps=FIT.num_steps)
-    dirty = dict(batch, dense_xy=batch["dense_xy"] + 0.5)
+    dirty = batch.replace(dense_xy=batch.dense_xy + 0.5)
     reg.register(template, dirty, init, same, IMAGE)
     reg.register(template, batch, init, dataclasses.replace(BLOWUP), IMAGE)
-    assert reg.register._cache_size() == n
+    assert reg._register._cache_size() == n
+
+
+# ----------------------------------------------------------------------------------------------
+# Round 1's start: init=None
+
+
+def test_no_init_starts_from_init_params(template, batch, init, clean_fit):
+    """``init=None`` is round 1's T-pose start, :func:`init_params` (same program, same result)."""
+    n = reg._register._cache_size()
+    params, report = jax.tree_util.tree_map(np.asarray, reg.register(template, batch, None, FIT, IMAGE))
+    clean_params, clean_report = clean_fit
+    for f in PARAM_FIELDS:
+        np.testing.assert_array_equal(getattr(params, f), getattr(clean_params, f), err_msg=f)
+    np.testing.assert_array_equal(report.loss, clean_report.loss)
+    assert reg._register._cache_size() == n
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks (before tracing): a ValueError naming the argument and the field
+
+
+def _bad_inputs(template, batch, init):
+    b, n, k = batch.dense_xy.shape[0], batch.dense_xy.shape[1], template.num_keypoints
+    as_dict = {f: getattr(batch, f) for f in INPUT_FIELDS}
+    return {
+        "dense_xy (B, N, 3)": (batch.replace(dense_xy=np.zeros((b, n, 3), np.float32)), init, IMAGE,
+                               r"^register: batch\.dense_xy has shape \(8, 64, 3\), expected \(8, 64, 2\)"),
+        "dense_vertex shorter than dense_xy": (
+            batch.replace(dense_vertex=batch.dense_vertex[:, :-1]), init, IMAGE,
+            r"^register: batch\.dense_vertex has shape \(8, 63\), expected \(8, 64\)"),
+        "dense_vertex float": (batch.replace(dense_vertex=batch.dense_vertex.astype(np.float32)), init, IMAGE,
+                               r"^register: batch\.dense_vertex has dtype float32, expected int"),
+        "keypoints with K - 1": (batch.replace(keypoints=batch.keypoints[:, :-1],
+                                               keypoint_visible=batch.keypoint_visible[:, :-1]), init, IMAGE,
+                                 rf"^register: batch\.keypoints has shape \(8, {k - 1}, 2\), expected \(8, {k}, 2\)"),
+        "keypoint_visible with K + 1": (
+            batch.replace(keypoint_visible=np.ones((b, k + 1), np.float32)), init, IMAGE,
+            rf"^register: batch\.keypoint_visible has shape \(8, {k + 1}\), expected \(8, {k}\)"),
+        "image_size (H, W, 3)": (batch, init, (SIZE, SIZE, 3), r"^register: image_size must be \(H, W\)"),
+        "image_size an int": (batch, init, SIZE, r"^register: image_size must be \(H, W\)"),
+        "image_size zero": (batch, init, (0, SIZE), r"^register: image_size must be positive"),
+        "init of batch size B + 1": (batch, body.rest_params(template, (b + 1,)), IMAGE,
+                                     r"^register: init\.\w+ has shape \(9,"),
+        "init with 23 joints": (batch, init.replace(pose=init.pose[:, 1:]), IMAGE,
+                                r"^register: init\.pose has shape \(8, 23, 3\), expected \(8, 24, 3\)"),
+        "a dict instead of a Batch": (as_dict, init, IMAGE,
+                                      r"^register: batch must be a bodyjax\.batch\.Batch, got dict"),
+    }
+
+
+def test_register_rejects_bad_inputs_before_tracing(template, batch, init):
+    n = reg._register._cache_size()
+    for case, (bad_batch, bad_init, size, message) in _bad_inputs(template, batch, init).items():
+        with pytest.raises(ValueError, match=message):
+            reg.register(template, bad_batch, bad_init, FIT, size)
+            pytest.fail(f"register accepted {case}")
+    assert reg._register._cache_size() == n  # nothing was traced
+    with pytest.raises(ValueError, match="config must be a RegistrationConfig"):
+        reg.register(template, batch, init, dataclasses.asdict(FIT), IMAGE)
+
+
+# ----------------------------------------------------------------------------------------------
+# data_objective: the image terms of eq. (7)
+
+# Weights of its own (and the dense reduction of FIT, whose compiled reference it reuses).
+DATA_OBJ = reg.RegistrationConfig(w_dense=7.0, w_kp=3.0, dense_reduction=FIT.dense_reduction)
+
+
+def test_data_objective_is_the_weighted_image_terms(template, batch, init, clean_fit):
+    for params in (init, clean_fit[0]):
+        got = np.asarray(reg.data_objective(template, batch, params, DATA_OBJ, IMAGE))
+        _, terms, _ = objective(template, batch, params, FIT)   # the terms do not depend on the weights
+        expected = DATA_OBJ.w_dense * terms["l_dense"] + DATA_OBJ.w_kp * terms["l_kp"]
+        assert got.shape == (NUM,)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    # It ignores the priors and the depths: a batch with lifter depths gives the same values.
+    with_depth = batch.replace(keypoint_depth=np.ones(batch.keypoint_visible.shape, np.float32),
+                               keypoint_depth_mask=batch.keypoint_visible)
+    np.testing.assert_array_equal(reg.data_objective(template, with_depth, init, DATA_OBJ, IMAGE),
+                                  reg.data_objective(template, batch, init, DATA_OBJ, IMAGE))
+
+
+def test_data_objective_is_lowest_at_the_true_parameters(template, split, batch):
+    gt = sample.params_from_record(split, "gt")
+    true = np.asarray(reg.data_objective(template, batch, gt, DATA_OBJ, IMAGE))
+    assert np.all(true < 1e-3), true   # exact synthetic correspondences: ~0 up to float32
+    rng = np.random.default_rng(5)
+    b = NUM
+    perturbed = {
+        "pose": gt.replace(pose=gt.pose + rng.normal(0.0, 0.15, gt.pose.shape).astype(np.float32)),
+        "segment_scales": gt.replace(segment_scales=gt.segment_scales * 1.1),
+        "rotation": gt.replace(rotation=np.einsum("bij,bjk->bik", np.asarray(gt.rotation), np.asarray(
+            axis_angle_to_matrix(rng.normal(0.0, 0.15, (b, 3)).astype(np.float32))))),
+        "scale": gt.replace(scale=gt.scale * 1.05),
+        "translation": gt.replace(translation=gt.translation + np.float32([1.5, -1.0])),
+    }
+    for name, params in perturbed.items():
+        worse = np.asarray(reg.data_objective(template, batch, params, DATA_OBJ, IMAGE))
+        assert np.all(worse > true + 1e-3), (name, true, worse)
+    # Non-finite parameters give inf, not NaN.
+    bad = gt.replace(scale=np.asarray(gt.scale).copy())
+    bad.scale[3] = np.nan
+    value = np.asarray(reg.data_objective(template, batch, bad, DATA_OBJ, IMAGE))
+    assert value[3] == np.inf and np.all(np.isfinite(np.delete(value, 3)))
+
+
+def test_data_objective_rejects_bad_inputs(template, batch, init):
+    for case, (bad_batch, bad_init, size, message) in _bad_inputs(template, batch, init).items():
+        if case == "a dict instead of a Batch":
+            continue  # see test_data_objective_rejects_a_dict
+        params = init if bad_init is None else bad_init
+        with pytest.raises(ValueError, match=message.replace("register: init", "data_objective: params")
+                           .replace("register", "data_objective")):
+            reg.data_objective(template, bad_batch, params, DATA_OBJ, size)
+            pytest.fail(f"data_objective accepted {case}")
+
+
+def test_data_objective_rejects_a_dict(template, batch, init):
+    with pytest.raises(ValueError, match=r"^data_objective: batch must be a bodyjax\.batch\.Batch"):
+        reg.data_objective(template, {f: getattr(batch, f) for f in INPUT_FIELDS}, init, DATA_OBJ, IMAGE)

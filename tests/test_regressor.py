@@ -1,8 +1,10 @@
-"""Tests for bodyjax.regressor, bodyjax.resnet, bodyjax.augment and bodyjax.pretrained.
+"""Tests for bodyjax.regressor, bodyjax.resnet and bodyjax.pretrained.
 
 Networks are tiny (ResNet18 at width 8, 32-px inputs) and every training test uses the same config,
-batch size and data shapes, so that they share one compilation of the train step.
+batch size and data shapes, so that they share one compilation of the train step. The augmentation
+of the input pipeline (bodyjax.data.augment) is tested in test_augment.py.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,15 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bodyjax import augment, body, pretrained, regressor, resnet, rotations
-from bodyjax.data import transforms
+from bodyjax import body, camera, pretrained, regressor, resnet, rotations
+from bodyjax.batch import Batch
+from bodyjax.data import augment
+from bodyjax.data import sample as sample_lib
+from bodyjax.data.pipeline import ArraySource
+from bodyjax.loop import epochs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = regressor.RegressorConfig(depth=18, width=8, image_size=32)
+TINY_IUV = dataclasses.replace(TINY, input="iuv")
 BATCH = 8
 NUM_SAMPLES = 16
 NUM_POINTS = 40
@@ -41,16 +48,16 @@ def _rot_y(phi):
 
 
 def _random_params(rng, m, size):
-    """Pixel-unit params of m plausible people in size×size images (float32 NumPy dict)."""
+    """Pixel-unit :class:`BodyParams` (float32 NumPy) of m plausible people in size×size images."""
     pose = rng.normal(0.0, 0.25, (m, 24, 3))
     pose[:, 0] = 0.0
-    return {
-        "pose": pose.astype(np.float32),
-        "segment_scales": rng.uniform(0.9, 1.1, (m, 24)).astype(np.float32),
-        "rotation": np.stack([_rot_y(p) for p in rng.uniform(-np.pi, np.pi, m)]).astype(np.float32),
-        "scale": rng.uniform(0.4, 0.5, m).astype(np.float32) * size,
-        "translation": ((size - 1) / 2 + rng.uniform(-0.05, 0.05, (m, 2)) * size).astype(np.float32),
-    }
+    return body.BodyParams(
+        pose=pose.astype(np.float32),
+        segment_scales=rng.uniform(0.9, 1.1, (m, 24)).astype(np.float32),
+        rotation=np.stack([_rot_y(p) for p in rng.uniform(-np.pi, np.pi, m)]).astype(np.float32),
+        scale=rng.uniform(0.4, 0.5, m).astype(np.float32) * size,
+        translation=((size - 1) / 2 + rng.uniform(-0.05, 0.05, (m, 2)) * size).astype(np.float32),
+    )
 
 
 _forward_subset = jax.jit(body.forward_subset)
@@ -70,31 +77,55 @@ def _project(template, params, vid):
     return np.asarray(out.vertices2d)[:b, :n], np.asarray(out.keypoints2d)[:b]
 
 
-def _fake_data(template, m, size, seed=0, num_points=NUM_POINTS):
-    """Stacked samples whose dense points and keypoints are the exact projections of the targets."""
+def _label_maps(rng, m, size):
+    """Random ``iuv`` label maps: parts 0..24 with some unlabelled (255) pixels, U, V labels."""
+    iuv = np.empty((m, size, size, 3), np.uint8)
+    iuv[..., 0] = rng.integers(0, 25, (m, size, size))
+    iuv[..., 1:] = rng.integers(0, 255, (m, size, size, 2))
+    iuv[rng.uniform(size=(m, size, size)) < 0.1, 0] = 255
+    iuv[rng.uniform(size=(m, size, size)) < 0.1, 1:] = 255
+    return iuv
+
+
+def _fake_records(template, m, size, seed=0, num_points=NUM_POINTS):
+    """Stacked training records (sample fields + ``target_*``) whose dense points and keypoints are
+    the exact projections of the targets. Returns ``(records, target BodyParams)``."""
     rng = np.random.default_rng(seed)
     target = _random_params(rng, m, size)
     vid = rng.integers(0, template.num_vertices, (m, num_points)).astype(np.int32)
-    xy, kp = _project(template, augment.params_from_target(target), vid)
-    data = {
+    xy, kp = _project(template, target, vid)
+    records = {
         "image": rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8),
+        "iuv": _label_maps(rng, m, size),
         "dense_xy": xy.astype(np.float32),
         "dense_vertex": vid,
         "dense_mask": np.ones((m, num_points), np.float32),
         "keypoints": kp.astype(np.float32),
         "keypoint_visible": np.ones((m, template.num_keypoints), np.float32),
+        "has_gt": np.zeros((m,), np.float32),
+        "target_weight": np.ones((m,), np.float32),
+        **sample_lib.params_to_record(target, "target"),
     }
-    return data, target
+    return records, target
+
+
+def _take(records, lo, hi):
+    return {k: v[lo:hi] for k, v in records.items()}
 
 
 @pytest.fixture(scope="module")
 def fake(template):
-    return _fake_data(template, NUM_SAMPLES, TINY.image_size)
+    return _fake_records(template, NUM_SAMPLES, TINY.image_size)
 
 
 @pytest.fixture(scope="module")
 def tiny_state():
     return regressor.create_state(0, TINY)
+
+
+def _fresh(state):
+    """A copy of ``state`` with its own buffers (the train step donates the state it is given)."""
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
 
 
 def _is_rotation(m, atol=1e-4):
@@ -104,11 +135,22 @@ def _is_rotation(m, atol=1e-4):
             and np.allclose(np.linalg.det(m), 1.0, atol=atol))
 
 
+def _fixed_batches(records, batch_size=BATCH):
+    """``batches(epoch)`` for ``run_epochs``: the records in order, no transform."""
+    n = len(records["image"]) // batch_size
+
+    def batches(epoch):
+        for i in range(n):
+            yield sample_lib.to_batch(_take(records, i * batch_size, (i + 1) * batch_size), with_gt=False)
+
+    return batches
+
+
 # ---------------------------------------------------------------------------------------------
 # Head layout, decoding, units
 
 
-_decode = {h: jax.jit(lambda out, h=h: (regressor.decode_head(out, regressor.RegressorConfig(pose_head=h)),
+_decode = {h: jax.jit(lambda out, h=h: (regressor.decode_head(out, h),
                                         regressor.pose_rotations(regressor.split_head(out, h).pose, h)))
            for h in regressor.POSE_HEADS}
 
@@ -143,9 +185,6 @@ def test_decode_always_valid(head):
         assert _is_rotation(mats)                                          # the head's own rotations
         assert _is_rotation(rotations.axis_angle_to_matrix(params.pose))   # what body.forward uses
         np.testing.assert_allclose(params.pose[..., 0, :], 0.0)            # root entry unused
-        r = np.asarray(params.rotation, np.float64)
-        np.testing.assert_allclose(np.swapaxes(r, -1, -2) @ r, np.broadcast_to(np.eye(3), r.shape), atol=1e-4)
-        np.testing.assert_allclose(np.abs(np.linalg.det(r)), 1.0, atol=1e-4)
         for x in (params.segment_scales, params.scale):
             assert np.all(np.isfinite(x)) and np.all(np.asarray(x) > 0)
         assert np.all(np.isfinite(params.translation))
@@ -156,31 +195,82 @@ def test_decode_always_valid(head):
     assert _is_rotation(params.rotation)
 
 
-def test_robust_decoders_match_rotations_module():
+def _rotation_outputs():
+    elements = st.one_of(st.just(0.0), st.just(1.0), st.floats(-1e3, 1e3, width=32),
+                         st.floats(-2.0 ** -20, 2.0 ** -20, width=32))
+    return hnp.arrays(np.float32, (2, 9), elements=elements)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_rotation_outputs())
+@example(np.ones((2, 9), np.float32))
+def test_decoded_global_rotation_always_orthonormal(raw_r):
+    """Any 9 numbers of the head's R decode to an orthonormal matrix (|det| = 1)."""
+    out = np.tile(regressor.rest_head("quaternion"), (2, 1))
+    n = regressor.head_size("quaternion")
+    out[:, n - 12:n - 3] = raw_r
+    params, _ = _decode["quaternion"](jnp.asarray(out))
+    r = np.asarray(params.rotation, np.float64)
+    np.testing.assert_allclose(np.swapaxes(r, -1, -2) @ r, np.broadcast_to(np.eye(3), r.shape), atol=1e-4)
+    np.testing.assert_allclose(np.abs(np.linalg.det(r)), 1.0, atol=1e-4)
+
+
+def _np_gram_schmidt(m):
+    """Columns orthonormalised in order (float64 NumPy, written here)."""
+    c = [m[:, i].astype(np.float64) for i in range(3)]
+    b1 = c[0] / np.linalg.norm(c[0])
+    b2 = c[1] - (b1 @ c[1]) * b1
+    b2 /= np.linalg.norm(b2)
+    b3 = c[2] - (b1 @ c[2]) * b1 - (b2 @ c[2]) * b2
+    return np.stack([b1, b2, b3 / np.linalg.norm(b3)], axis=1)
+
+
+def _np_closest_rotation(m):
+    u, _, vt = np.linalg.svd(m.astype(np.float64))
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def test_head_decoders_match_numpy_references():
+    """The head's R (9 numbers, Gram–Schmidt), 6D and SVD joint rotations against NumPy references."""
     rng = np.random.default_rng(1)
-    m = rng.normal(size=(50, 3, 3)).astype(np.float32)
-    x = rng.normal(size=(50, 6)).astype(np.float32)
-    ours = jax.jit(lambda m, x: (regressor.gram_schmidt_rotation(m), regressor.rot6d_to_rotation(x),
-                                 regressor.svd_rotation(m)))(m, x)
-    ref = jax.jit(lambda m, x: (rotations.gram_schmidt(m), rotations.rot6d_to_matrix(x),
-                                rotations.svd_orthogonalize(m)))(m, x)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, atol=2e-5)
+    for head in regressor.POSE_HEADS:
+        out = rng.normal(size=(2, regressor.head_size(head))).astype(np.float32)
+        params, mats = _decode[head](out)                 # the shape of the other decode tests
+        raw = regressor.split_head(out, head)
+        for b in range(2):
+            np.testing.assert_allclose(params.rotation[b], _np_gram_schmidt(np.asarray(raw.rotation[b]).reshape(3, 3)),
+                                       atol=2e-5)
+            for j in (1, 7, 23):
+                x = np.asarray(raw.pose[b, j], np.float64)
+                if head == "rot6d":
+                    ref = _np_gram_schmidt(np.stack([x[:3], x[3:], np.cross(x[:3], x[3:])], axis=1))
+                elif head == "matrix_svd":
+                    ref = _np_closest_rotation(x.reshape(3, 3))
+                else:   # quaternion (w, x, y, z), normalised
+                    w, v = x[0] / np.linalg.norm(x), x[1:] / np.linalg.norm(x)
+                    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+                    ref = np.eye(3) + 2 * w * k + 2 * k @ k
+                np.testing.assert_allclose(mats[b, j], ref, atol=5e-5, err_msg=f"{head} joint {j}")
 
 
-def test_svd_rotation_derivative_finite_differences():
-    """The polar-factor JVP matches float64 central differences, also at the identity (equal σ)."""
+def test_svd_head_derivative_finite_differences():
+    """The 'matrix_svd' head's polar-factor JVP matches float64 central differences, also at the
+    identity (equal singular values)."""
+    def rot(m):
+        return regressor.pose_rotations(m.reshape(1, 9), "matrix_svd")[0]
+
     with jax.enable_x64(True):
         rng = np.random.default_rng(2)
         for m in (rng.normal(size=(3, 3)), np.eye(3), np.diag([1.0, 1.0, -1.0]) + 0.1 * rng.normal(size=(3, 3))):
             m = jnp.asarray(m, jnp.float64)
             dm = jnp.asarray(rng.normal(size=(3, 3)), jnp.float64)
-            _, jvp = jax.jvp(regressor.svd_rotation, (m,), (dm,))
+            _, jvp = jax.jvp(rot, (m,), (dm,))
             h = 1e-6
-            fd = (regressor.svd_rotation(m + h * dm) - regressor.svd_rotation(m - h * dm)) / (2 * h)
+            fd = (rot(m + h * dm) - rot(m - h * dm)) / (2 * h)
             assert np.all(np.isfinite(jvp))
             np.testing.assert_allclose(jvp, fd, atol=1e-6)
-            g = jax.grad(lambda a: jnp.sum(regressor.svd_rotation(a) * dm))(m)
+            g = jax.grad(lambda a: jnp.sum(rot(a) * dm))(m)
             assert np.all(np.isfinite(g))
 
 
@@ -188,15 +278,15 @@ def test_unit_conversions(template):
     """Normalised params project to the normalised pixels of the pixel params (and round-trip)."""
     rng = np.random.default_rng(3)
     size = (48, 64)
-    p = augment.params_from_target(_random_params(rng, 4, 48))
-    n = regressor.params_to_normalized(p, size)
-    back = regressor.params_to_pixels(n, size)
+    p = _random_params(rng, 4, 48)
+    n = camera.normalize_params(p, size)
+    back = camera.denormalize_params(n, size)
     for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(back)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
     vid = rng.integers(0, template.num_vertices, (4, 10))
     x_px, _ = _project(template, p, vid)
     x_n, _ = _project(template, n, vid)
-    np.testing.assert_allclose(regressor.normalize_points(x_px, size), x_n, atol=1e-5)
+    np.testing.assert_allclose(camera.normalize_points(x_px, size), x_n, atol=1e-5)
     # half = max(H, W)/2, centre = ((W-1)/2, (H-1)/2), as the registration
     np.testing.assert_allclose(n.scale, p.scale / 32.0, rtol=1e-6)
     np.testing.assert_allclose(n.translation, (p.translation - np.array([31.5, 23.5])) / 32.0, atol=1e-6)
@@ -206,7 +296,7 @@ def test_unit_conversions(template):
 def test_regression_loss_zero_at_target_and_sign_invariant(head):
     """encode_head inverts decoding; the regression vectors agree at the target, also for -q."""
     rng = np.random.default_rng(4)
-    target = regressor.params_to_normalized(augment.params_from_target(_random_params(rng, 5, 64)), (64, 64))
+    target = camera.normalize_params(_random_params(rng, 5, 64), (64, 64))
 
     @jax.jit
     def run(target):
@@ -214,7 +304,7 @@ def test_regression_loss_zero_at_target_and_sign_invariant(head):
         raw = regressor.split_head(out, head)
         vec = regressor.regression_vectors(raw, target, head)
         flipped = regressor.regression_vectors(raw._replace(pose=-raw.pose), target, head)
-        decoded = regressor.decode_head(out, regressor.RegressorConfig(pose_head=head))
+        decoded = regressor.decode_head(out, head)
         return (vec, flipped, rotations.axis_angle_to_matrix(decoded.pose[:, 1:]),
                 rotations.axis_angle_to_matrix(target.pose[:, 1:]))
 
@@ -224,6 +314,52 @@ def test_regression_loss_zero_at_target_and_sign_invariant(head):
     np.testing.assert_allclose(r_dec, r_tgt, atol=1e-4)
     if head == "quaternion":   # -q is the same rotation: no loss either
         np.testing.assert_allclose(np.asarray(jnp.sum(jnp.abs(p2 - t2) * m2, -1)), 0.0, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Network inputs
+
+
+def test_encode_maps_against_numpy():
+    """Parts one-hot (255 → all zeros), U, V / 254 on labelled foreground, 0 on background."""
+    rng = np.random.default_rng(13)
+    iuv = _label_maps(rng, 2, 9)
+    iuv[0, 0, 0] = (0, 100, 200)          # background with U, V labels: U, V must read 0
+    iuv[0, 0, 1] = (255, 100, 200)        # unlabelled part: zeros everywhere
+    iuv[0, 0, 2] = (7, 254, 0)            # U = 1, V = 0
+    iuv[0, 0, 3] = (24, 255, 255)         # part without U, V label
+    parts, full = (np.asarray(regressor.encode_maps(iuv, k)) for k in ("parts", "iuv"))
+    assert parts.shape == (2, 9, 9, 25) and full.shape == (2, 9, 9, 27)
+    assert parts.dtype == full.dtype == np.float32
+    assert regressor.input_channels("rgb") == 3 and regressor.input_channels("parts") == 25
+    assert regressor.input_channels("iuv") == 27
+    # independent reference, pixel by pixel
+    for b, y, x in np.ndindex(2, 9, 9):
+        i, u, v = (int(c) for c in iuv[b, y, x])
+        onehot = np.zeros(25, np.float32)
+        if i < 25:
+            onehot[i] = 1.0
+        fg = 1 <= i <= 24
+        uv = [u / 254.0 if fg and u != 255 else 0.0, v / 254.0 if fg and v != 255 else 0.0]
+        np.testing.assert_array_equal(parts[b, y, x], onehot)
+        np.testing.assert_allclose(full[b, y, x], np.concatenate([onehot, uv]), atol=1e-7)
+    np.testing.assert_array_equal(full[0, 0, 1], 0.0)
+    np.testing.assert_allclose(full[0, 0, 2, 25:], [1.0, 0.0])
+    np.testing.assert_array_equal(full[0, 0, 0, 25:], 0.0)
+    # network_input picks the encoding; RGB is ImageNet-normalised
+    np.testing.assert_array_equal(regressor.network_input("parts", iuv=iuv), parts)
+    img = rng.integers(0, 256, (1, 4, 4, 3), dtype=np.uint8)
+    np.testing.assert_allclose(regressor.network_input("rgb", image=img),
+                               (img / 255.0 - np.array(regressor.IMAGENET_MEAN)) / np.array(regressor.IMAGENET_STD),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="iuv"):
+        regressor.network_input("iuv", image=img)
+    with pytest.raises(ValueError, match="images"):
+        regressor.network_input("rgb", iuv=iuv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and steps
 
 
 def _constant_state(state, out):
@@ -237,37 +373,38 @@ def test_eval_loss_zero_at_exact_prediction(template, tiny_state):
     rng = np.random.default_rng(12)
     size = TINY.image_size
     one = _random_params(rng, 1, size)
-    target = {k: np.repeat(v, BATCH, axis=0) for k, v in one.items()}
+    target = jax.tree_util.tree_map(lambda v: np.repeat(v, BATCH, axis=0), one)
     vid = rng.integers(0, template.num_vertices, (BATCH, NUM_POINTS)).astype(np.int32)
-    xy, kp = _project(template, augment.params_from_target(target), vid)
-    data = {"image": rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8), "dense_xy": xy,
-            "dense_vertex": vid, "dense_mask": np.ones((BATCH, NUM_POINTS), np.float32), "keypoints": kp,
-            "keypoint_visible": np.ones((BATCH, template.num_keypoints), np.float32)}
-    norm = regressor.params_to_normalized(augment.params_from_target(one), (size, size))
+    xy, kp = _project(template, target, vid)
+    records = {"image": rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8), "dense_xy": xy,
+               "dense_vertex": vid, "dense_mask": np.ones((BATCH, NUM_POINTS), np.float32), "keypoints": kp,
+               "keypoint_visible": np.ones((BATCH, template.num_keypoints), np.float32),
+               **sample_lib.params_to_record(target, "target")}
+    norm = camera.normalize_params(one, (size, size))
     state = _constant_state(tiny_state, regressor.encode_head(norm, "quaternion")[0])
-    terms = regressor.eval_step(state, regressor.make_batch(data, target), template)
+    terms = regressor.eval_step(state, sample_lib.to_batch(records), template)
     for k in ("l_regress", "l_dense", "l_kp", "loss"):
         assert float(terms[k]) < 1e-6, (k, terms[k])
     # one pixel off in x for every correspondence: mean squared error (1 / half)² in normalised units
-    shifted = dict(data, dense_xy=data["dense_xy"] + np.array([1.0, 0.0], np.float32))
-    terms = regressor.eval_step(state, regressor.make_batch(shifted, target), template)
+    shifted = dict(records, dense_xy=records["dense_xy"] + np.array([1.0, 0.0], np.float32))
+    terms = regressor.eval_step(state, sample_lib.to_batch(shifted), template)
     np.testing.assert_allclose(terms["l_dense"], 1.0 / (size / 2) ** 2, rtol=1e-3)
-    # evaluate: data-set means, the last partial batch padded and excluded (same compiled step)
-    ev = regressor.evaluate(state, {k: v[:5] for k, v in shifted.items()},
-                            augment.params_from_target({k: v[:5] for k, v in target.items()}), batch_size=BATCH,
-                            template=template)
-    np.testing.assert_allclose(ev["l_dense"], 1.0 / (size / 2) ** 2, rtol=1e-3)
-    assert ev["l_regress"] < 1e-6 and ev["l_kp"] < 1e-6
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
+    # a wrong target counts only where target_weight > 0 (a flagged fit gives no regression target)
+    wrong = dict(records, target_translation=records["target_translation"] + np.float32(5.0))
+    weight = np.zeros(BATCH, np.float32)
+    terms = regressor.eval_step(state, sample_lib.to_batch(dict(wrong, target_weight=weight)), template)
+    assert float(terms["l_regress"]) < 1e-6
+    weight[:2] = 1.0
+    terms = regressor.eval_step(state, sample_lib.to_batch(dict(wrong, target_weight=weight)), template)
+    assert float(terms["l_regress"]) > 1e-3
 
 
 def test_train_step_one_step(template, fake, tiny_state):
-    data, target = fake
-    batch = regressor.make_batch({k: v[:BATCH] for k, v in data.items()}, {k: v[:BATCH] for k, v in target.items()})
-    state, metrics = regressor.train_step(tiny_state, batch, template)
+    records, _ = fake
+    batch = sample_lib.to_batch(_take(records, 0, BATCH), with_gt=False)
+    assert isinstance(batch, Batch) and batch.target is not None and batch.gt is None
+    state, metrics = regressor.train_step(_fresh(tiny_state), batch, template)
+    assert set(metrics) >= {"loss", "l_regress", "l_dense", "l_kp", "grad_norm"}
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert int(state.step) == 1
     changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
@@ -286,23 +423,53 @@ def test_train_step_one_step(template, fake, tiny_state):
     assert all(stats_changed)
     # Adam moved every head weight by about the learning rate.
     step = np.abs(np.asarray(state.params["head"]["bias"]) - np.asarray(tiny_state.params["head"]["bias"]))
-    assert np.median(step) == pytest.approx(regressor.RegressorHParams().learning_rate, rel=0.1)
+    assert np.median(step) == pytest.approx(TINY.learning_rate, rel=0.1)
 
 
-def test_train_regressor_and_predict(template, fake, tiny_state):
-    data, target = fake
+def test_a_few_steps_lower_the_loss(template, fake, tiny_state):
+    """run_epochs over grain batches (record_batches + Resize) at lr 1e-3: the loss falls."""
+    records, _ = fake
+    source = ArraySource(records)
+    resize = augment.Resize(augment.MirrorTables.of(template), TINY.image_size)
+
+    def batches(epoch):
+        for r in epochs.record_batches(source, BATCH, seed=3, epoch=epoch, transforms=[resize]):
+            yield sample_lib.to_batch(r, with_gt=False)
+
+    def step(s, batch, i):
+        return regressor.train_step(s, batch, template, learning_rate=1e-3)
+
+    first = sample_lib.to_batch(_take(records, 0, BATCH), with_gt=False)
+    before = regressor.eval_step(tiny_state, first, template)
+    state, history = epochs.run_epochs(_fresh(tiny_state), step, batches, 3)
+    assert int(state.step) == 3 * NUM_SAMPLES // BATCH
+    assert history["loss"][-1] < 0.8 * history["loss"][0], history["loss"]
+    # a plain resize to the same size is the identity: the batches are the records
+    after = regressor.eval_step(state, first, template)
+    assert float(after["loss"]) < float(before["loss"]), (before, after)
+
+
+def test_run_epochs_with_augmentation_and_predict(template, fake, tiny_state):
+    """One end-to-end training run (grain + Augment + train_step), then predict."""
+    records, _ = fake
+    source = ArraySource(records)
+    transform = augment.Augment(augment.MirrorTables.of(template), TINY.image_size, augment.AugmentConfig())
+
+    def batches(epoch):
+        for r in epochs.record_batches(source, BATCH, seed=0, epoch=epoch, transforms=[transform]):
+            assert r["image"].shape == (BATCH, TINY.image_size, TINY.image_size, 3)
+            yield sample_lib.to_batch(r, with_gt=False)
+
     seen = []
-    state, history = regressor.train_regressor(
-        tiny_state, data, augment.params_from_target(target), jax.random.key(0), num_epochs=2,
-        batch_size=BATCH, template=template, augment=augment.AugmentConfig(),
-        progress=lambda e, m: seen.append(e))
+    state, history = epochs.run_epochs(_fresh(tiny_state), lambda s, b, i: regressor.train_step(s, b, template),
+                                       batches, 2, progress=lambda e, m: seen.append(e))
     assert seen == [0, 1] and len(history["loss"]) == 2 and int(state.step) == 2 * NUM_SAMPLES // BATCH
     assert all(np.isfinite(history["loss"]))
-    pred = regressor.predict(state, data["image"][:5], template, batch_size=4)
+    pred = regressor.predict(state, template, images=records["image"][:5], batch_size=4)
     assert pred.vertices.shape == (5, template.num_vertices, 3)
     assert pred.joints.shape == (5, 24, 3) and pred.keypoints2d.shape == (5, template.num_keypoints, 2)
-    size = data["image"].shape[1:3]
-    back = regressor.params_to_pixels(pred.params_normalized, size)
+    size = records["image"].shape[1:3]
+    back = camera.denormalize_params(pred.params_normalized, size)
     for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(pred.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_project(template, pred.params, np.zeros((5, 1), np.int32))[1],
@@ -310,24 +477,112 @@ def test_train_regressor_and_predict(template, fake, tiny_state):
     assert np.all(np.asarray(pred.params.scale) > 0) and _is_rotation(pred.params.rotation)
 
 
+def test_iuv_input_train_step_and_predict(template, fake):
+    """The 'iuv' regressor trains on label maps and predicts from them (no image needed)."""
+    records, _ = fake
+    state0 = regressor.create_state(1, TINY_IUV)
+    assert state0.params["backbone"]["conv1"]["kernel"].shape[2] == 27
+    batch = sample_lib.to_batch(_take(records, 0, BATCH), with_gt=False).without("image")
+    state, metrics = regressor.train_step(state0, batch, template)
+    assert int(state.step) == 1 and all(np.isfinite(float(v)) for v in metrics.values())
+    pred = regressor.predict(state, template, iuv=records["iuv"][:3], with_vertices=False)
+    assert pred.vertices is None
+    assert pred.joints.shape == (3, 24, 3) and pred.keypoints2d.shape == (3, template.num_keypoints, 2)
+    assert pred.params.pose.shape == (3, 24, 3) and pred.params.translation.shape == (3, 2)
+    assert np.all(np.isfinite(np.asarray(pred.keypoints2d)))
+    with pytest.raises(ValueError, match="iuv"):
+        regressor.predict(state, template, images=records["image"][:3])
+    with pytest.raises(ValueError, match="batch.iuv"):
+        regressor.train_step(state, batch.replace(iuv=None, image=records["image"][:BATCH]), template)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def test_predict_input_checks(template, tiny_state):
+    img = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="needs `images`"):
+        regressor.predict(tiny_state, template)
+    with pytest.raises(ValueError, match=r"images has shape \(2, 32, 24, 3\)"):
+        regressor.predict(tiny_state, template, images=img[:, :, :24])
+    with pytest.raises(ValueError, match="images has shape"):
+        regressor.predict(tiny_state, template, images=img[..., :1])
+    with pytest.raises(ValueError, match="images is empty"):
+        regressor.predict(tiny_state, template, images=img[:0])
+    iuv_state = tiny_state.replace(config=TINY_IUV)     # the checks come before the network runs
+    with pytest.raises(ValueError, match="needs `iuv`"):
+        regressor.predict(iuv_state, template, images=img)
+    with pytest.raises(ValueError, match="iuv has dtype float32, expected uint8"):
+        regressor.predict(iuv_state, template, iuv=img.astype(np.float32))
+    with pytest.raises(ValueError, match="iuv has shape"):
+        regressor.predict(iuv_state, template, iuv=img[:, :16])
+    with pytest.raises(ValueError, match="iuv is empty"):
+        regressor.predict(iuv_state, template, iuv=img[:0])
+
+
+def test_train_step_input_checks(template, fake, tiny_state):
+    records, _ = fake
+    batch = sample_lib.to_batch(_take(records, 0, BATCH), with_gt=False)
+    state = _fresh(tiny_state)
+    with pytest.raises(ValueError, match="batch.target is required"):
+        regressor.train_step(state, batch.without("target"), template)
+    with pytest.raises(ValueError, match="batch.image is required"):
+        regressor.train_step(state, batch.without("image"), template)
+    with pytest.raises(ValueError, match=r"batch.image is \(16, 16\) px, the network takes 32 px"):
+        regressor.train_step(state, batch.replace(image=batch.image[:, :16, :16], iuv=None), template)
+    with pytest.raises(ValueError, match=r"batch.iuv has shape \(8, 32, 32, 3\), expected \(8, 16, 16, 3\)"):
+        regressor.train_step(state, batch.replace(image=batch.image[:, :16, :16]), template)
+    with pytest.raises(ValueError, match="batch.image has shape"):
+        regressor.train_step(state, batch.replace(image=batch.image[:4]), template)
+    with pytest.raises(ValueError, match="batch.keypoints has shape"):
+        regressor.train_step(state, batch.replace(keypoints=batch.keypoints[:, :5],
+                                                  keypoint_visible=batch.keypoint_visible[:, :5]), template)
+    with pytest.raises(ValueError, match="batch.target.pose has shape"):
+        regressor.train_step(state, batch.replace(target=batch.target.replace(pose=batch.target.pose[:, :23])),
+                             template)
+    with pytest.raises(ValueError, match="Batch"):
+        regressor.train_step(state, _take(records, 0, BATCH), template)
+    with pytest.raises(ValueError, match="batch.target is required"):
+        regressor.eval_step(state, batch.without("target"), template)
+    # none of these reached the (donating) step: the state is intact
+    np.testing.assert_array_equal(state.params["head"]["bias"], tiny_state.params["head"]["bias"])
+    # (a batch size that is not a multiple of the mesh: the 4-device subprocess below)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data parallelism
+
+
 _DP_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
-from bodyjax import augment, body, regressor
+from bodyjax import body, regressor
+from bodyjax.data import sample
+from bodyjax.loop import epochs
 assert jax.device_count() == 4, jax.devices()
 cfg = regressor.RegressorConfig(depth=18, width=8, image_size=32)
+template = body.default_template()
 d = np.load(sys.argv[1])
 abstract = jax.eval_shape(lambda: regressor.create_state(0, cfg))
 leaves, treedef = jax.tree_util.tree_flatten(abstract)
 state = jax.tree_util.tree_unflatten(treedef, [d[f"s{i}"] for i in range(len(leaves))])
-data = {k[2:]: d[k] for k in d.files if k.startswith("d_")}
-target = augment.params_from_target({k[2:]: d[k] for k in d.files if k.startswith("t_")})
+records = {k[2:]: d[k] for k in d.files if k.startswith("r_")}
 mesh = regressor.make_mesh()
-state, hist = regressor.train_regressor(state, data, target, 0, num_epochs=1, batch_size=8, augment=None, mesh=mesh)
+out = {}
+try:
+    regressor.train_step(state, sample.to_batch({k: v[:6] for k, v in records.items()}), template, mesh=mesh)
+except ValueError as e:
+    out["mesh_error"] = str(e)
+batches = lambda epoch: (sample.to_batch({k: v[i:i + 8] for k, v in records.items()}, with_gt=False)
+                         for i in range(0, 16, 8))
+state, hist = epochs.run_epochs(state, lambda s, b, i: regressor.train_step(s, b, template, mesh=mesh),
+                                batches, 1)
 sh = state.params["head"]["kernel"].sharding
 assert sh.is_fully_replicated and len(sh.device_set) == 4, sh
 np.savez(sys.argv[2], **{f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))})
-print(json.dumps(hist))
+out["history"] = hist
+print(json.dumps(out))
 """
 
 
@@ -343,13 +598,12 @@ def data_parallel_run(request, tmp_path_factory):
     if not any(item.name == _DP_TEST for item in request.session.items):
         yield None
         return
-    data, target = request.getfixturevalue("fake")
+    records, _ = request.getfixturevalue("fake")
     tiny_state = request.getfixturevalue("tiny_state")
     tmp = tmp_path_factory.mktemp("dp")
     inp, out = tmp / "in.npz", tmp / "out.npz"
     arrays = {f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(tiny_state))}
-    arrays.update({f"d_{k}": v for k, v in data.items()})
-    arrays.update({f"t_{k}": v for k, v in target.items()})
+    arrays.update({f"r_{k}": v for k, v in records.items()})
     np.savez(inp, **arrays)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO)
@@ -363,14 +617,17 @@ def data_parallel_run(request, tmp_path_factory):
 
 def test_data_parallel_matches_single_device(template, fake, tiny_state, data_parallel_run):
     """Batch sharded over 4 forced CPU devices (subprocess) = the 1-device result."""
-    data, target = fake
+    records, _ = fake
     proc, out = data_parallel_run
-    # The single-device reference here (same data, same seed, no augmentation).
-    state1, hist1 = regressor.train_regressor(tiny_state, data, augment.params_from_target(target), 0,
-                                              num_epochs=1, batch_size=BATCH, template=template, augment=None)
+    # The single-device reference here (same batches, same initial state).
+    state1, hist1 = epochs.run_epochs(_fresh(tiny_state), lambda s, b, i: regressor.train_step(s, b, template),
+                                      _fixed_batches(records), 1)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
-    hist4 = json.loads(stdout.strip().splitlines()[-1])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    # a batch of 6 on 4 devices is refused before anything runs
+    assert "batch size 6 is not a multiple of the 4 devices" in result.get("mesh_error", ""), result
+    hist4 = result["history"]
     for k in ("loss", "l_regress", "l_dense", "l_kp"):
         np.testing.assert_allclose(hist4[k], hist1[k], rtol=1e-4)
     got = np.load(out)
@@ -379,75 +636,11 @@ def test_data_parallel_matches_single_device(template, fake, tiny_state, data_pa
     # Adam normalises each gradient entry: where a gradient is ~0 (e.g. behind a zero-initialised
     # BatchNorm scale) float round-off of the cross-device sum can flip its update by up to the
     # learning rate. So: every entry within 2·lr·steps, and nearly all of them to round-off.
-    lr, steps = regressor.RegressorHParams().learning_rate, NUM_SAMPLES // BATCH
+    lr, steps = TINY.learning_rate, NUM_SAMPLES // BATCH
     diffs = np.concatenate([np.abs(got[f"s{i}"].astype(np.float64) - r).ravel() / (1.0 + np.abs(r).ravel())
                             for i, r in enumerate(ref)])
     assert diffs.max() <= 2 * lr * steps, diffs.max()
     assert np.mean(diffs > 1e-5) < 0.01, np.mean(diffs > 1e-5)
-
-
-# ---------------------------------------------------------------------------------------------
-# Augmentation
-
-
-def _sample_with_gt(data, target, i):
-    s = {k: v[i] for k, v in data.items()}
-    s.update({"has_gt": np.float32(1.0), "gt_pose": target["pose"][i], "gt_segment_scales": target["segment_scales"][i],
-              "gt_rotation": target["rotation"][i], "gt_scale": target["scale"][i],
-              "gt_translation": target["translation"][i], "gt_joints3d": np.zeros((24, 3), np.float32)})
-    return s
-
-
-@pytest.mark.parametrize("flip", [False, True])
-def test_augmentation_keeps_targets_consistent(template, flip):
-    """After zoom/rotation/shift/flip the target body still projects onto the moved points."""
-    data, target = _fake_data(template, 4, 64, seed=5)
-    cfg = augment.AugmentConfig(scale_range=(0.8, 1.2), rotation=30.0, rotation_prob=1.0, translate=0.1,
-                                flip_prob=1.0 if flip else 0.0)
-    rng = np.random.default_rng(6)
-    outs, tgts = zip(*[augment.augment_sample(_sample_with_gt(data, target, i), {k: v[i] for k, v in target.items()},
-                                              template, 48, rng, cfg) for i in range(4)])
-    t2 = {k: np.stack([t[k] for t in tgts]) for k in augment.TARGET_KEYS}
-    xy, kp = _project(template, augment.params_from_target(t2), np.stack([o["dense_vertex"] for o in outs]))
-    for i, out in enumerate(outs):
-        assert out["image"].shape == (48, 48, 3) and out["image"].dtype == np.uint8
-        m = out["dense_mask"] > 0
-        assert m.sum() > 10
-        np.testing.assert_allclose(xy[i][m], out["dense_xy"][m], atol=2e-3)
-        v = out["keypoint_visible"] > 0
-        np.testing.assert_allclose(kp[i][v], out["keypoints"][v], atol=2e-3)
-        # the target follows exactly the path of the ground truth through bodyjax.data.transforms
-        for k in augment.TARGET_KEYS:
-            np.testing.assert_allclose(tgts[i][k], out["gt_" + k], atol=1e-5)
-
-
-def test_flip_target_is_flip_gt(template):
-    rng = np.random.default_rng(7)
-    t = {k: v[0] for k, v in _random_params(rng, 1, 64).items()}
-    f = augment.flip_target(t, template.joint_mirror, 64)
-    pose, ss, rot, tr, _ = transforms.flip_gt(t["pose"], t["segment_scales"], t["rotation"], t["translation"],
-                                              np.zeros((24, 3)), template.joint_mirror, 64)
-    for a, b in ((f["pose"], pose), (f["segment_scales"], ss), (f["rotation"], rot), (f["translation"], tr)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    back = augment.flip_target(f, template.joint_mirror, 64)
-    for k in augment.TARGET_KEYS:
-        np.testing.assert_allclose(back[k], t[k], atol=1e-5)
-
-
-def test_augment_batch_deterministic_and_resize_keeps_normalised_params(template):
-    data, target = _fake_data(template, 4, 64, seed=8)
-    a1, t1 = augment.augment_batch(data, target, template, 32, seed=(1, 2))
-    a2, t2 = augment.augment_batch(data, target, template, 32, seed=(1, 2))
-    a3, _ = augment.augment_batch(data, target, template, 32, seed=(1, 3))
-    for k in a1:
-        np.testing.assert_array_equal(a1[k], a2[k])
-    assert not np.array_equal(a1["image"], a3["image"])
-    # a plain resize (config=None) is a similarity with k = 1/2: normalised targets are unchanged
-    r, tr = augment.augment_batch(data, target, template, 32, config=None)
-    n0 = regressor.params_to_normalized(augment.params_from_target(target), (64, 64))
-    n1 = regressor.params_to_normalized(augment.params_from_target(tr), (32, 32))
-    for a, b in zip(jax.tree_util.tree_leaves(n0), jax.tree_util.tree_leaves(n1)):
-        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,7 +728,7 @@ def test_import_full_resnet50_layout(tmp_path):
     sd = _random_state_dict(_torchvision_layout(50))
     path = tmp_path / "resnet50.safetensors"
     save_file(sd, str(path))
-    model = regressor.Regressor(regressor.RegressorConfig())
+    model = regressor.RegressorConfig().network()
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
     variables, report = pretrained.import_resnet(abstract, path, prefix=("backbone",))
     assert set(report.ignored) == {"fc.weight", "fc.bias"} | {k for k in sd if k.endswith("num_batches_tracked")}

@@ -378,18 +378,139 @@ def test_quaternion_to_matrix_at_zero_quaternion_is_finite():
                                np.asarray(rot.quaternion_to_matrix(q)), atol=1e-6)
 
 
-def test_rot6d_and_gram_schmidt_degenerate_inputs_are_finite():
-    x = jnp.array([
-        [1.0, 0.0, 0.0, 2.0, 0.0, 0.0],   # a2 parallel to a1
-        [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],   # a1 = 0
-        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],   # everything zero
-        [1e-3, 0.0, 0.0, 0.0, 1e-3, 0.0],  # tiny but regular
-    ])
-    for f, arg in ((rot.rot6d_to_matrix, x), (rot.gram_schmidt, jnp.concatenate([x, x[:, :3]], -1))):
-        out = jax.jit(jax.vmap(lambda a: (f(a), jax.jacfwd(f)(a), jax.grad(lambda b: jnp.sum(f(b) ** 2))(a))))(arg)
-        for o in out:
-            assert np.all(np.isfinite(np.asarray(o)))
-    assert_rotations(rot.rot6d_to_matrix(x[3]))
+# Degenerate 6D inputs [a1, a2]: a zero first column, a zero second column, parallel and
+# antiparallel columns, a second column parallel up to 1e-7 of its length (below the fallback
+# threshold), everything zero, a first column too short to normalise.
+DEGENERATE_6D = np.array([
+    [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+    [0.0, 0.0, 0.0, 0.3, -2.0, 0.5],
+    [0.5, -1.0, 2.0, 0.0, 0.0, 0.0],
+    [1.0, 0.0, 0.0, 2.0, 0.0, 0.0],
+    [0.0, 0.0, 3.0, 0.0, 0.0, -1.0],
+    [1.0, 2.0, -3.0, -2.0, -4.0, 6.0],
+    [1.0, 2.0, -3.0, 2.0, 4.0 + 1e-7, -6.0],
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [1e-10, 0.0, 0.0, 0.0, 1.0, 0.0],
+], np.float32)
+
+def _degenerate_matrices(in_span: bool):
+    """Degenerate 3x3 inputs (columns c1, c2, c3).
+
+    ``in_span=False``: the (c1, c2) of every row of DEGENERATE_6D with a generic or a zero c3.
+    ``in_span=True``: a non-zero c3 in the span of (c1, c2) (up to float32 rounding): a linear
+    combination of degenerate (c1, c2), of regular (c1, c2), and rank-one matrices.
+    """
+    rng = np.random.default_rng(11)
+    out = []
+    if not in_span:
+        for x in DEGENERATE_6D:
+            for c3 in (rng.normal(size=3), np.zeros(3)):
+                out.append(np.stack([x[:3], x[3:], c3], -1))
+        out.append(np.stack([np.zeros(3), np.zeros(3), rng.normal(size=3)], -1))  # only c3
+        return np.asarray(out, np.float32)
+    for x in DEGENERATE_6D[[1, 2, 5, 6]]:
+        c1, c2 = x[:3], x[3:]
+        out.append(np.stack([c1, c2, 0.7 * c1 - 1.3 * c2], -1))
+    c1, c2 = np.float32([0.1, 0.2, 0.3]), np.float32([0.2, 0.7, 0.1])
+    out.append(np.stack([c1, c2, c1 + c2], -1))                        # regular c1, c2; c3 = c1 + c2
+    v = rng.normal(size=3)
+    out.append(np.stack([v, 2 * v, -v], -1))                           # rank one
+    out.append(np.float32([[1, 2, 3], [2, 4, 6], [3, 6, 9]]))          # rank one, exact in float32
+    return np.asarray(out, np.float32)
+
+
+def _values_and_derivatives(f, xs):
+    """``f``, its forward and reverse Jacobians and a scalar loss' gradient at every row of ``xs``."""
+    w = jnp.asarray(np.random.default_rng(12).normal(size=(3, 3)), xs.dtype)
+    return jax.jit(jax.vmap(lambda a: (f(a), jax.jacfwd(f)(a), jax.jacrev(f)(a),
+                                       jax.grad(lambda b: jnp.sum(w * f(b)))(a))))(xs)
+
+
+def test_rot6d_to_matrix_degenerate_inputs_give_rotations_with_finite_gradients():
+    x = jnp.asarray(DEGENERATE_6D)
+    R, jf, jr, g = _values_and_derivatives(rot.rot6d_to_matrix, x)
+    for d in (jf, jr, g):
+        assert np.all(np.isfinite(np.asarray(d)))
+    assert_rotations(R, atol=1e-5)  # orthonormal with det +1
+    R = np.asarray(R, np.float64)
+    a1 = DEGENERATE_6D[:, :3].astype(np.float64)
+    n1 = np.linalg.norm(a1, axis=-1)
+    # The first column follows a1 wherever a1 can be normalised, and is e_x where it is zero.
+    ok = n1 > 1e-6
+    np.testing.assert_allclose(R[ok, :, 0], a1[ok] / n1[ok, None], atol=1e-6)
+    np.testing.assert_allclose(R[~ok, :, 0], np.broadcast_to([1.0, 0.0, 0.0], R[~ok, :, 0].shape), atol=1e-6)
+
+
+def _assert_orthogonal(G, atol=1e-5):
+    G = np.asarray(G, np.float64)
+    np.testing.assert_allclose(np.swapaxes(G, -1, -2) @ G, np.broadcast_to(np.eye(3), G.shape), atol=atol)
+    np.testing.assert_allclose(np.abs(np.linalg.det(G)), 1.0, atol=atol)
+
+
+def test_gram_schmidt_degenerate_first_columns_give_orthogonal_matrices_with_finite_gradients():
+    m = jnp.asarray(_degenerate_matrices(in_span=False))
+    G, jf, jr, g = _values_and_derivatives(rot.gram_schmidt, m)
+    for d in (jf, jr, g):
+        assert np.all(np.isfinite(np.asarray(d)))
+    _assert_orthogonal(G)
+    G = np.asarray(G, np.float64)
+    # A zero third column falls back to b1 x b2: a rotation.
+    zero_c3 = np.all(np.asarray(m)[..., :, 2] == 0, -1)
+    np.testing.assert_allclose(np.linalg.det(G[zero_c3]), 1.0, atol=1e-5)
+    # The first two columns are those of rot6d_to_matrix of (c1, c2).
+    six = np.concatenate([np.asarray(m)[..., :, 0], np.asarray(m)[..., :, 1]], -1)
+    np.testing.assert_allclose(G[..., :2], np.asarray(rot.rot6d_to_matrix(six))[..., :2], atol=1e-6)
+    # The (..., 9) row-major form is the same input.
+    np.testing.assert_array_equal(np.asarray(jax.jit(rot.gram_schmidt)(m.reshape(-1, 9))),
+                                  np.asarray(jax.jit(rot.gram_schmidt)(m)))
+
+
+def test_gram_schmidt_third_column_in_the_span_gives_a_rotation():
+    """Documented: "a third column in the span of the first two gives b1 x b2"."""
+    m = jnp.asarray(_degenerate_matrices(in_span=True))
+    G, jf, jr, g = _values_and_derivatives(rot.gram_schmidt, m)
+    for d in (jf, jr, g):
+        assert np.all(np.isfinite(np.asarray(d)))
+    assert_rotations(G, atol=1e-5)
+    G = np.asarray(G, np.float64)
+    np.testing.assert_allclose(G[..., 2], np.cross(G[..., 0], G[..., 1]), atol=1e-5)
+
+
+def np_classical_gram_schmidt(M):
+    """The textbook formula, column by column, float64: b_k = normalize(c_k - sum_{i<k} (b_i.c_k) b_i)."""
+    M = np.asarray(M, np.float64)
+    cols = []
+    for k in range(3):
+        c = M[..., :, k]
+        r = c - sum(np.sum(b * c, -1, keepdims=True) * b for b in cols)
+        cols.append(r / np.linalg.norm(r, axis=-1, keepdims=True))
+    return np.stack(cols, -1)
+
+
+def test_robust_forms_equal_the_classical_formula_on_regular_inputs(x64):
+    """Away from the degenerate set the fall-backs are not taken: float64 values are the textbook ones,
+    also for badly scaled and nearly (but not numerically) parallel columns."""
+    rng = np.random.default_rng(13)
+    M = rng.normal(size=(32, 3, 3))
+    M[:4] *= 1e-6                                             # tiny (but normalisable) columns
+    M[4:8] *= 1e6
+    M[8:12, :, 1] = M[8:12, :, 0] + 1e-3 * rng.normal(size=(4, 3))   # nearly parallel c1, c2
+    M[12:16, :, 2] = M[12:16, :, 0] - M[12:16, :, 1] + 1e-3 * rng.normal(size=(4, 3))  # c3 near the plane
+    G = np.asarray(jax.jit(rot.gram_schmidt)(M))
+    assert G.dtype == np.float64
+    ref = np_classical_gram_schmidt(M)
+    np.testing.assert_allclose(G, ref, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(G, np_gram_schmidt(M), atol=1e-9, rtol=0)
+    x = np.concatenate([M[..., :, 0], M[..., :, 1]], -1)
+    R = np.asarray(jax.jit(rot.rot6d_to_matrix)(x))
+    np.testing.assert_allclose(R[..., :2], ref[..., :2], atol=1e-9, rtol=0)
+    np.testing.assert_allclose(R[..., 2], np.cross(ref[..., 0], ref[..., 1]), atol=1e-9, rtol=0)
+    # Their derivatives agree with float64 central differences at moderately ill-conditioned inputs.
+    near = rng.normal(size=(8, 3, 3))
+    near[:4, :, 1] = near[:4, :, 0] + 0.05 * rng.normal(size=(4, 3))
+    near[4:, :, 2] = near[4:, :, 0] + near[4:, :, 1] + 0.05 * rng.normal(size=(4, 3))
+    _fd_check(rot.gram_schmidt, near, rtol=1e-5, atol=1e-6)
+    _fd_check(rot.rot6d_to_matrix, np.concatenate([near[:4, :, 0], near[:4, :, 1]], -1), rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- finite differences
@@ -445,6 +566,23 @@ def test_gradients_rot6d_gram_schmidt_svd(x64):
     _fd_check(rot.gram_schmidt, M.reshape(8, 9))
     _fd_check(rot.svd_orthogonalize, M, rtol=1e-5, atol=1e-6)
     assert np.any(np.linalg.det(M) < 0) and np.any(np.linalg.det(M) > 0)
+
+
+def test_svd_orthogonalize_derivative_at_equal_singular_values(x64):
+    """The polar-factor JVP matches central differences also where singular values coincide (the
+    identity, a rotation) and near a reflection, and its gradient stays finite there."""
+    rng = np.random.default_rng(14)
+    points = [np.eye(3), np_rodrigues([0.4, -0.2, 0.9]),
+              np.diag([1.0, 1.0, -1.0]) + 0.1 * rng.normal(size=(3, 3)), rng.normal(size=(3, 3))]
+    f = jax.jit(lambda m, dm: jax.jvp(rot.svd_orthogonalize, (m,), (dm,)))
+    g = jax.jit(jax.grad(lambda m, dm: jnp.sum(rot.svd_orthogonalize(m) * dm)))
+    h = 1e-6
+    for m in points:
+        dm = rng.normal(size=(3, 3))
+        _, jvp = f(m, dm)
+        fd = (np.asarray(rot.svd_orthogonalize(m + h * dm)) - np.asarray(rot.svd_orthogonalize(m - h * dm))) / (2 * h)
+        np.testing.assert_allclose(np.asarray(jvp), fd, atol=1e-6)
+        assert np.all(np.isfinite(np.asarray(g(m, dm))))
 
 
 # ----------------------------------------------------------------------------- near π

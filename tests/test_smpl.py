@@ -400,3 +400,53 @@ def test_pose_gradient_matches_finite_differences(files, x64):
               - loss_of(_forward(model64, betas, pose - e, transl))) / (2 * h)
         np.testing.assert_allclose(g[idx], fd, rtol=1e-6, atol=1e-6)
     assert np.all(np.isfinite(np.asarray(grad(jnp.zeros_like(pose)))))
+
+
+# ---- input checks ---------------------------------------------------------------------------
+
+
+def test_forward_input_checks_name_the_argument(model):
+    betas, pose = jnp.zeros((NUM_BETAS,)), jnp.zeros((24, 3))
+    cases = [
+        ((jnp.zeros(()), pose, None), r"smpl_forward: betas has shape \(\), expected \(\.\.\., B\)"),
+        ((jnp.zeros((NUM_BETAS + 1,)), pose, None), f"betas has {NUM_BETAS + 1} coefficients"),
+        ((betas, jnp.zeros((24,)), None), r"smpl_forward: pose has shape \(24,\), expected \(\.\.\., 24, 3\)"),
+        ((betas, jnp.zeros((2, 24, 4)), None), r"pose has shape \(2, 24, 4\)"),
+        ((betas, jnp.zeros((23, 3)), None), r"pose has shape \(23, 3\)"),
+        ((betas, pose, jnp.zeros((2,))), r"translation has shape \(2,\), expected \(\.\.\., 3\)"),
+        ((jnp.zeros((3, NUM_BETAS)), jnp.zeros((2, 24, 3)), None), r"betas \(3,\), pose \(2,\) do not broadcast"),
+        ((betas, jnp.zeros((2, 24, 3)), jnp.zeros((5, 3))), r"translation \(5,\) do not broadcast"),
+        ((betas, jnp.zeros((24, 3), bool), None), "pose has dtype bool"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            smpl.smpl_forward(model, *args)
+    # the same checks run at trace time under a caller's jit
+    with pytest.raises(ValueError, match=r"pose has shape \(23, 3\)"):
+        jax.jit(smpl.smpl_forward)(model, betas, jnp.zeros((23, 3)))
+
+
+def test_truncated_template_asset_names_the_path(tmp_path):
+    """body.default_template(path=...) on a damaged asset raises ValueError naming the file (and field)."""
+    from bodyjax import body
+
+    with open(body.ASSET_PATH, "rb") as f:
+        data = f.read()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.npz: cannot read the body template asset"):
+        body.default_template(path=str(truncated))
+    corrupt = tmp_path / "corrupt.npz"            # intact zip directory, damaged member data
+    corrupt.write_bytes(data[:len(data) // 3] + bytes(4096) + data[len(data) // 3 + 4096:])
+    with pytest.raises(ValueError, match=r"corrupt.npz: cannot read the body template asset \(field '\w+'\)"):
+        body.default_template(path=str(corrupt))
+    with np.load(body.ASSET_PATH) as f:
+        arrays = {k: f[k] for k in f.files if k != "hinge_axes"}
+    np.savez(tmp_path / "partial.npz", **arrays)
+    with pytest.raises(ValueError, match="partial.npz: the body template asset lacks field 'hinge_axes'"):
+        body.default_template(path=str(tmp_path / "partial.npz"))
+    (tmp_path / "text.npz").write_text("not an npz file")
+    with pytest.raises(ValueError, match="text.npz"):
+        body.default_template(path=str(tmp_path / "text.npz"))
+    with pytest.raises(FileNotFoundError, match="absent.npz"):
+        body.default_template(path=str(tmp_path / "absent.npz"))

@@ -89,6 +89,8 @@ def test_pipeline_source_has_exact_dtypes_and_valid_records(built, reference, te
                 np.testing.assert_array_equal(got[key], value)
             sample_lib.validate_sample(got, (64, 64), 64, 17, template.num_vertices,
                                        source=f"{split}[{i}]")
+            parts = got["iuv"][..., 0]                 # rendered labels: 0 background, 1..24 body
+            assert np.all((parts <= 24) | (parts == 255)) and np.any((parts >= 1) & (parts <= 24))
 
 
 def test_train_and_test_are_disjoint(built, reference):
@@ -314,6 +316,9 @@ def test_densepose_builder_writes_the_loader_samples(manual_dir, data_dir, templ
             expected = dpc.load_sample(record)
             for key, value in expected.items():
                 np.testing.assert_array_equal(got[key], value, err_msg=f"{split}[{i}].{key}")
+            labelled = got["iuv"][..., 0] != 255        # the annotated points, painted into iuv
+            assert 0 < labelled.sum() <= got["dense_mask"].sum()
+            assert np.all(got["iuv"][labelled][:, 0] >= 1) and np.all(got["iuv"][labelled][:, 0] <= 24)
             assert int(got["annotation_id"]) == record["annotation_id"]
             assert int(got["image_id"]) == record["image_id"]
         assert got["has_gt"] == 0
@@ -322,6 +327,20 @@ def test_densepose_builder_writes_the_loader_samples(manual_dir, data_dir, templ
     reports = reopened.info.metadata["load_reports"]
     assert reports["train"]["kept"] == 2 and reports["train"]["skipped"] == {"crowd": 1}
     assert reports["minival"]["written"] == 2
+
+
+def test_densepose_config_names_every_setting():
+    base = tb.densepose_config(image_size=32, max_points=8)
+    assert base.crop_context == 1.2 and base.settings()["crop_context"] == 1.2
+    assert base.name == tb.densepose_config(image_size=32, max_points=8).name
+    variants = [tb.densepose_config(image_size=32, max_points=8, crop_context=1.5),
+                tb.densepose_config(image_size=32, max_points=9),
+                tb.densepose_config(image_size=(32, 24), max_points=8),
+                tb.densepose_config(image_size=32, max_points=8, box_frame=256.0),
+                tb.densepose_config(image_size=32, max_points=8, splits=("train",))]
+    assert variants[0].crop_context == 1.5
+    names = [base.name] + [v.name for v in variants]
+    assert len(set(names)) == len(names)
 
 
 def test_densepose_missing_json_is_named(manual_dir, tmp_path):

@@ -114,13 +114,13 @@ def _bbox_of(points):
 
 def test_crop_affine_centres_and_fits_the_box():
     box = np.array([30.0, 50.0, 40.0, 100.0])
-    a = transforms.crop_affine(box, 64, scale=1.25)
+    a = transforms.crop_affine(box, 64, context=1.25)
     # box centre -> crop centre; the enlarged box's long side spans the crop exactly.
     np.testing.assert_allclose(transforms.apply_affine(a, [50.0, 100.0]), [31.5, 31.5], atol=1e-12)
     top, bottom = transforms.apply_affine(a, [[50.0, 100 - 62.5], [50.0, 100 + 62.5]])
     np.testing.assert_allclose(bottom[1] - top[1], 64.0, atol=1e-12)
     # non-square output: the tighter dimension fits.
-    a2 = transforms.crop_affine(box, (64, 96), scale=1.0)
+    a2 = transforms.crop_affine(box, (64, 96), context=1.0)
     np.testing.assert_allclose(a2[0, 0], min(96 / 40, 64 / 100), atol=1e-12)
 
 
@@ -130,7 +130,7 @@ def test_crop_moves_image_content_with_points(rotation):
     image = np.zeros((120, 160, 3), np.uint8)
     p = np.array([97.0, 41.0])
     image[40:43, 96:99] = 255
-    crop, (q,), _ = transforms.crop_to_person(image, [60, 20, 60, 60], 96, scale=1.3,
+    crop, (q,), _ = transforms.crop_to_person(image, [60, 20, 60, 60], 96, context=1.3,
                                               rotation=rotation, points=[p])
     w = crop[..., 0].astype(np.float64)
     ys, xs = np.mgrid[:96, :96]
@@ -142,15 +142,15 @@ def test_crop_moves_image_content_with_points(rotation):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), rotation=st.floats(-60, 60), scale=st.floats(1.0, 1.6),
+@given(seed=st.integers(0, 10_000), rotation=st.floats(-60, 60), context=st.floats(1.0, 1.6),
        size=st.sampled_from([96, 128, (96, 128)]))
-def test_crop_then_project_gt_equals_transformed_points(template, seed, rotation, scale, size):
+def test_crop_then_project_gt_equals_transformed_points(template, seed, rotation, context, size):
     s = _gt_sample(template, seed)
     box = _bbox_of(s["dense_xy"][s["dense_mask"] > 0])
-    out = transforms.crop_to_person(s, box, size, scale=scale, rotation=rotation)
+    out = transforms.crop_to_person(s, box, size, context=context, rotation=rotation)
     h, w = transforms.size_hw(size)
     assert out["image"].shape == (h, w, 3) and out["image"].dtype == np.uint8
-    a = transforms.crop_affine(box, size, scale, rotation)
+    a = transforms.crop_affine(box, size, context, rotation)
     m = out["dense_mask"] > 0
     np.testing.assert_allclose(out["dense_xy"][m],
                                transforms.apply_affine(a, s["dense_xy"])[m], atol=1e-3)
@@ -164,7 +164,7 @@ def test_points_leaving_the_crop_are_masked_and_zeroed():
     s["dense_vertex"][:] = [3, 4, 5, 6]
     s["keypoints"][:2] = [[50, 50], [2, 2]]
     s["keypoint_visible"][:2] = 1
-    out = transforms.crop_to_person(s, [40, 40, 20, 20], 32, scale=1.0)
+    out = transforms.crop_to_person(s, [40, 40, 20, 20], 32, context=1.0)
     np.testing.assert_array_equal(out["dense_mask"], [1, 0, 0, 0])
     np.testing.assert_array_equal(out["dense_vertex"], [3, 0, 0, 0])
     np.testing.assert_array_equal(out["dense_xy"][1:], 0)
@@ -249,3 +249,67 @@ def test_crop_then_flip_stays_consistent(template):
     box = _bbox_of(s["dense_xy"][s["dense_mask"] > 0])
     out = transforms.flip_horizontal(transforms.crop_to_person(s, box, 128, rotation=20.0), template)
     _check_gt_consistent(template, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-pixel labels (iuv)
+
+# DensePose's left/right part pairs (3/4 hands, 5/6 feet, ..., 23/24 head sides); 0 background and
+# the torso halves 1, 2 map to themselves. Written here from the DensePose part list.
+PART_MIRROR = [0, 1, 2] + [p + 1 if p % 2 else p - 1 for p in range(3, 25)]
+
+
+def _label_map(rng, hw):
+    """Random ``iuv`` labels: parts 0..24 and U, V in 0..254, about 10 % unlabelled (255)."""
+    iuv = np.empty(tuple(hw) + (3,), np.uint8)
+    iuv[..., 0] = rng.integers(0, 25, hw)
+    iuv[..., 1:] = rng.integers(0, 255, tuple(hw) + (2,))
+    iuv[rng.uniform(size=hw) < 0.1] = 255
+    return iuv
+
+
+def test_iuv_warp_is_nearest_neighbour_with_unlabelled_outside():
+    rng = np.random.default_rng(21)
+    h, w = 40, 50
+    s = sample_lib.empty_sample((h, w), 2, 17)
+    s["iuv"] = _label_map(rng, (h, w))
+    # an integer shift: exact pixel copies, 255 where the source lies outside the image
+    out = transforms.affine_sample(s, np.array([[1.0, 0.0, 3.0], [0.0, 1.0, -2.0]]), (h, w))["iuv"]
+    assert out.dtype == np.uint8 and out.shape == (h, w, 3)
+    ys, xs = np.mgrid[:h, :w]
+    sx, sy = xs - 3, ys + 2
+    ok = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    np.testing.assert_array_equal(out[ok], s["iuv"][sy[ok], sx[ok]])
+    assert np.all(out[~ok] == 255)
+    # a rotated zoom: each label is copied from one of the four pixels around its preimage (never a
+    # blend); preimages more than a pixel outside the image get 255
+    a = transforms.crop_affine([5, 3, 30, 30], 64, context=1.5, rotation=25.0)
+    out = transforms.affine_sample(s, a, 64)["iuv"]
+    inv = cv2.invertAffineTransform(a)
+    ys, xs = np.mgrid[:64, :64]
+    src = transforms.apply_affine(inv, np.stack([xs, ys], -1).astype(np.float64))
+    x0, y0 = np.floor(src[..., 0]).astype(int), np.floor(src[..., 1]).astype(int)
+    inner = (x0 >= 0) & (x0 < w - 1) & (y0 >= 0) & (y0 < h - 1)
+    cands = np.stack([s["iuv"][np.clip(y0 + dy, 0, h - 1), np.clip(x0 + dx, 0, w - 1)]
+                      for dy in (0, 1) for dx in (0, 1)])                     # (4, 64, 64, 3)
+    match = np.any(np.all(cands == out[None], axis=-1), axis=0)
+    assert inner.sum() > 1000 and np.all(match[inner])
+    far = (src[..., 0] < -1.5) | (src[..., 0] > w + 0.5) | (src[..., 1] < -1.5) | (src[..., 1] > h + 0.5)
+    assert far.sum() > 100 and np.all(out[far] == 255)
+
+
+def test_flip_mirrors_part_labels_and_drops_uv(template):
+    np.testing.assert_array_equal(np.asarray(template.part_mirror), PART_MIRROR)
+    rng = np.random.default_rng(22)
+    s = sample_lib.empty_sample((12, 20), 2, 17)
+    s["iuv"] = _label_map(rng, (12, 20))
+    out = transforms.flip_horizontal(s, template)["iuv"]
+    assert out.dtype == np.uint8 and out.shape == s["iuv"].shape
+    for y, x in np.ndindex(12, 20):
+        part = int(s["iuv"][y, 20 - 1 - x, 0])
+        assert out[y, x, 0] == (PART_MIRROR[part] if part < 25 else 255), (y, x)
+    assert np.all(out[..., 1:] == 255)          # chart coordinates do not mirror onto the other side
+    assert np.any(out[..., 0] != s["iuv"][:, ::-1, 0])   # left/right parts really swapped
+    twice = transforms.flip_horizontal(transforms.flip_horizontal(s, template), template)["iuv"]
+    np.testing.assert_array_equal(twice[..., 0], s["iuv"][..., 0])
+    assert np.all(twice[..., 1:] == 255)

@@ -1,29 +1,42 @@
-"""Benchmark of the registration (eq. 7–12): bodyjax ``register`` against a PyTorch-eager reference.
+"""Benchmark of the registration (eq. 7–12): bodyjax ``register`` against PyTorch references.
 
     python tools/bench_registration.py                      # batches 10 64 256, both schedules
     python tools/bench_registration.py --batches 10 64 --torch-steps 5 --repeats 3
+    python tools/bench_registration.py --torch-variants sparse_eager full_eager   # skip torch.compile
     python tools/bench_registration.py --profile            # also time bodyjax variants (where the time goes)
     python tools/bench_registration.py --host-devices 2 --no-torch   # batch sharded over 2 CPU devices
 
 Data: ``synthetic.make_split`` at 128 px (coco17 keypoints, 100–160 dense points per image, about 130
-on average). Schedules: round 1 (``stiff_config()``: 300 steps, ω_scale 100, ω_joint 1, T-pose start)
+on average). Schedules: round 1 (``stiff_config()``: 300 steps, ω_scale 100, ω_angle 1, T-pose start)
 and the later rounds (``RegistrationConfig()``: 100 steps). Both start from ``init_params`` here; the
 start does not change the cost of a fixed number of steps.
 
-bodyjax: the jitted ``register`` call (sanitising, gathering, the Adam loop in ``lax.scan``, best-so-far
-tracking and the report), compiled ahead of time so that the compile time is reported separately;
-fits/s = batch / seconds per call (median of ``--repeats`` calls).
+bodyjax: ``register`` under one ``jax.jit`` (sanitising, gathering, the Adam loop in ``lax.scan``,
+best-so-far tracking and the report), compiled ahead of time from cold caches so that the compile time
+is reported separately; fits/s = batch / seconds per call (median of ``--repeats`` calls).
 
-PyTorch reference: the same objective (same normalised image units, weights and loss terms) written as
-the paper's PyTorch code registers: batched eager tensor ops, the kinematic chain joint by joint,
-linear blend skinning of ALL template vertices every step, then indexing the matched vertices and the
-keypoint vertices, ``torch.optim.Adam(lr=0.1)`` on the stacked parameters of the batch. Its cost per
-step is constant, so it is timed on ``--torch-steps`` steps (after one warm-up step) and extrapolated
-linearly to the schedule's step count (the output says so).
+PyTorch references (``tools/torch_registration.py``): the same objective (same normalised image units,
+weights and loss terms), batched over the whole batch, ``torch.optim.Adam(lr=0.1)`` on the stacked
+parameters of the batch. ``--torch-variants`` picks among
 
-Objective parity: before timing, the PyTorch loss is compared with bodyjax's at the start (``register``
-with learning rate 0 and one step returns the loss at the start) and at bodyjax's fitted parameters,
-per sample, for both schedules; the relative difference must be <= 1e-3.
+* ``sparse_eager``: like ``register``, each step skins only the matched dense vertices and the keypoint
+  vertices, gathered once per batch; eager PyTorch.
+* ``sparse_compile``: the same under ``torch.compile`` (the loss with its backward, and the optimiser
+  step). The first steps compile; their time is reported apart and left out of fits/s, as bodyjax's
+  compile time is. A compile failure is reported and the eager numbers are kept.
+* ``full_eager``: skins ALL 13,380 template vertices each step and then indexes the matched ones (the
+  way the paper's PyTorch code registers); eager.
+* ``full_compile``: the full mesh under ``torch.compile`` (not run by default).
+
+Each variant is timed with 1 thread and with all cores (``--torch-threads``) and the faster is kept:
+on a shared machine contended OpenMP threads can be slower than one. Its cost per step is constant,
+so it is timed on ``--torch-steps`` steps and extrapolated linearly to the schedule's step count (the
+output says so). The table gives bodyjax's ratio against the STRONGEST (fastest) variant first, then
+against each variant.
+
+Objective parity: before timing, every PyTorch variant's loss is compared with bodyjax's at the start
+(``register`` with learning rate 0 and one step returns the loss at the start) and at bodyjax's fitted
+parameters, per sample, for both schedules; the relative difference must be <= 1e-3.
 
 The CPU count and ``os.getloadavg()`` are printed at the start and at the end: on a shared machine the
 load tells how much of the two cores this process really had.
@@ -37,7 +50,6 @@ import os
 import platform
 import sys
 import time
-
 
 
 def _host_devices_from_argv() -> int:
@@ -58,12 +70,19 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+_TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_TOOLS, ".."))
+sys.path.insert(0, _TOOLS)
 
 from bodyjax import body, registration as reg  # noqa: E402
-from bodyjax.data import synthetic  # noqa: E402
+from bodyjax.data import sample, synthetic  # noqa: E402
 
 IMAGE_SIZE = 128
+IMAGE = (IMAGE_SIZE, IMAGE_SIZE)
+#: name -> (skinning, torch.compile)
+TORCH_VARIANTS = {"sparse_eager": ("sparse", False), "sparse_compile": ("sparse", True),
+                  "full_eager": ("full", False), "full_compile": ("full", True)}
+DEFAULT_TORCH_VARIANTS = ("sparse_eager", "sparse_compile", "full_eager")
 
 
 def load_line(tag: str) -> str:
@@ -71,160 +90,14 @@ def load_line(tag: str) -> str:
     return f"[{tag}] cpu_count={os.cpu_count()} loadavg(1/5/15 min)={la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}"
 
 
-# ----------------------------------------------------------------------------------------------
-# PyTorch eager reference of the same objective, full-mesh skinning
+def subset(batch, n: int):
+    """The first ``n`` people of a :class:`bodyjax.batch.Batch`."""
+    return batch.take(slice(0, n))
 
 
-class TorchRegistration:
-    """Eq. (7) in PyTorch, batched, normalised image units; parameters are leaf tensors for Adam."""
-
-    def __init__(self, template: body.BodyTemplate, batch: dict, config: reg.RegistrationConfig,
-                 image_size=(IMAGE_SIZE, IMAGE_SIZE)):
-        import torch
-
-        self.torch = torch
-        f32 = lambda x: torch.tensor(np.asarray(x, np.float32))  # noqa: E731
-        self.config = config
-        self.verts = f32(template.vertices)                       # (V, 3)
-        self.weights = f32(template.weights)                      # (V, 24)
-        self.rest_joints = f32(template.joints)                   # (24, 3)
-        self.parents = template.parents
-        self.kp_joint_w = f32(template.kp_joint_weights)          # (K, 24)
-        self.kp_vid = torch.tensor(np.asarray(template.kp_vertex_ids), dtype=torch.long)  # (K, M)
-        self.kp_vert_w = f32(template.kp_vertex_weights)          # (K, M)
-        hinge = list(template.hinge_joints)
-        self.hinge = torch.tensor(hinge, dtype=torch.long)
-        self.hinge_axes = f32(np.asarray(template.hinge_axes)[hinge])  # (H, 3)
-        adj = body.segment_adjacency(template)
-        self.adj0 = torch.tensor(adj[:, 0], dtype=torch.long)
-        self.adj1 = torch.tensor(adj[:, 1], dtype=torch.long)
-        h, w = image_size
-        self.centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0], np.float32)
-        self.half = max(h, w) / 2.0
-        self.dense_xy = f32((np.asarray(batch["dense_xy"]) - self.centre) / self.half)
-        self.dense_vid = torch.tensor(np.asarray(batch["dense_vertex"]), dtype=torch.long)
-        self.dense_mask = f32(batch["dense_mask"])
-        self.kp = f32((np.asarray(batch["keypoints"]) - self.centre) / self.half)
-        self.kp_vis = f32(batch["keypoint_visible"])
-
-    # -- parameters in normalised units ---------------------------------------------------------
-
-    def params_from(self, params: body.BodyParams) -> list:
-        torch = self.torch
-        p = [np.asarray(params.pose), np.asarray(params.segment_scales), np.asarray(params.rotation),
-             np.asarray(params.scale) / self.half, (np.asarray(params.translation) - self.centre) / self.half]
-        return [torch.tensor(np.asarray(x, np.float32), requires_grad=True) for x in p]
-
-    # -- the model -------------------------------------------------------------------------------
-
-    def _rodrigues(self, aa):
-        torch = self.torch
-        t = (aa * aa).sum(-1)
-        small = t < 1e-6
-        t_safe = torch.where(small, torch.ones_like(t), t)
-        theta = torch.sqrt(t_safe)
-        a = torch.where(small, 1.0 - t / 6.0, torch.sin(theta) / theta)
-        b = torch.where(small, 0.5 - t / 24.0, (1.0 - torch.cos(theta)) / t_safe)
-        x, y, z = aa.unbind(-1)
-        zero = torch.zeros_like(x)
-        k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(aa.shape[:-1] + (3, 3))
-        eye = torch.eye(3, dtype=aa.dtype).expand(k.shape)
-        return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
-
-    def _gram_schmidt(self, m):
-        def normalize(v):
-            return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        c1, c2, c3 = m[..., :, 0], m[..., :, 1], m[..., :, 2]
-        b1 = normalize(c1)
-        b2 = normalize(c2 - (b1 * c2).sum(-1, keepdim=True) * b1)
-        b3 = normalize(c3 - (b1 * c3).sum(-1, keepdim=True) * b1 - (b2 * c3).sum(-1, keepdim=True) * b2)
-        return self.torch.stack([b1, b2, b3], -1)
-
-    def forward(self, pose, scales, rotation, s, t):
-        """Skins ALL vertices, then indexes the matched ones. Returns (points2d, keypoints2d)."""
-        torch = self.torch
-        bsz = pose.shape[0]
-        local = self._rodrigues(pose)                                       # (B, 24, 3, 3)
-        rj = self.rest_joints
-        eye = torch.eye(3).expand(bsz, 3, 3)
-        rots, pos = [eye], [rj[0].expand(bsz, 3)]
-        for j in range(1, len(self.parents)):
-            p = self.parents[j]
-            offset = (rj[j] - rj[p])[None, :] * scales[:, p, None]         # (B, 3)
-            rots.append(rots[p] @ local[:, j])
-            pos.append(pos[p] + (rots[p] @ offset[..., None])[..., 0])
-        g = torch.stack(rots, 1)                                            # (B, 24, 3, 3)
-        pj = torch.stack(pos, 1)                                            # (B, 24, 3)
-        m = g * scales[..., None, None]
-        bvec = pj - (m @ rj[None, :, :, None])[..., 0]
-        r = self._gram_schmidt(rotation)                                    # (B, 3, 3)
-        m = r[:, None] @ m
-        bvec = (r[:, None] @ bvec[..., None])[..., 0]
-        joints = (r[:, None] @ pj[..., None])[..., 0]                       # (B, 24, 3)
-        a = torch.cat([m, bvec[..., None]], -1).reshape(bsz, 24, 12)
-        blended = torch.matmul(self.weights, a).reshape(bsz, -1, 3, 4)     # (B, V, 3, 4): all vertices
-        verts = (blended[..., :3] @ self.verts[None, :, :, None])[..., 0] + blended[..., 3]
-        rows = torch.arange(bsz)[:, None]
-        matched = verts[rows, self.dense_vid]                               # (B, N, 3)
-        kpv = verts[:, self.kp_vid.reshape(-1)].reshape(bsz, *self.kp_vid.shape, 3)
-        kp3 = torch.einsum("kj,bjc->bkc", self.kp_joint_w, joints) + torch.einsum(
-            "km,bkmc->bkc", self.kp_vert_w, kpv)
-        x2d = s[:, None, None] * matched[..., :2] + t[:, None, :]
-        k2d = s[:, None, None] * kp3[..., :2] + t[:, None, :]
-        return x2d, k2d
-
-    def terms(self, pose, scales, rotation, s, t) -> dict:
-        torch = self.torch
-        x2d, k2d = self.forward(pose, scales, rotation, s, t)
-        m = self.dense_mask
-        sq = (((x2d - self.dense_xy) ** 2).sum(-1) * m).sum(-1)
-        l_dense = sq if self.config.dense_reduction == "sum" else sq / m.sum(-1).clamp_min(1.0)
-        l_kp = (((k2d - self.kp) ** 2).sum(-1) * self.kp_vis).sum(-1)
-        l_scale = ((scales[:, self.adj0] - scales[:, self.adj1]) ** 2).sum(-1)
-        flex = (pose[:, self.hinge] * self.hinge_axes).sum(-1)
-        l_angle = (pose[:, 1:] ** 2).sum((-1, -2)) + (torch.exp(-flex) ** 2).sum(-1)
-        l_det = torch.exp(-torch.linalg.det(rotation))
-        return {"l_dense": l_dense, "l_kp": l_kp, "l_scale": l_scale, "l_angle": l_angle, "l_det": l_det}
-
-    def loss(self, params) -> "torch.Tensor":
-        c = self.config
-        tm = self.terms(*params)
-        return (c.w_dense * tm["l_dense"] + c.w_kp * tm["l_kp"] + c.w_scale * tm["l_scale"]
-                + c.w_joint * tm["l_angle"] + c.w_det * tm["l_det"])
-
-    def time_steps(self, params, steps: int) -> float:
-        """Median seconds per Adam step (forward, backward, update) over ``steps`` steps after a warm-up."""
-        torch = self.torch
-        opt = torch.optim.Adam(params, lr=self.config.learning_rate)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            total = self.loss(params).sum()  # samples are independent: the sum gives per-sample grads
-            total.backward()
-            opt.step()
-            return total
-
-        step()
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-
-
-def torch_step_time(template, batch, init, steps: int) -> tuple[float, dict]:
-    """Fastest of 1 thread and all cores (contended OpenMP threads can be slower than one)."""
-    import torch
-
-    ref = TorchRegistration(template, batch, reg.RegistrationConfig())
-    found = {}
-    default = torch.get_num_threads()
-    for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
-        found[threads] = ref.time_steps(ref.params_from(init), steps)
-    torch.set_num_threads(default)
-    return min(found.values()), found
+def _error_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,9 +105,15 @@ def torch_step_time(template, batch, init, steps: int) -> tuple[float, dict]:
 
 
 def compile_register(template, batch, init, config):
+    """``register`` under one jit, compiled ahead of time: ``(compiled, seconds)``.
+
+    The caches are cleared first, so the seconds include tracing (and a monkeypatched body function,
+    see ``--profile``, is traced instead of a cached trace being reused).
+    """
+    jax.clear_caches()
+    fn = jax.jit(reg.register, static_argnames=("config", "image_size"))
     t0 = time.perf_counter()
-    compiled = reg.register.lower(template, batch, init, config=config,
-                                  image_size=(IMAGE_SIZE, IMAGE_SIZE)).compile()
+    compiled = fn.lower(template, batch, init, config=config, image_size=IMAGE).compile()
     return compiled, time.perf_counter() - t0
 
 
@@ -250,34 +129,81 @@ def time_call(fn, repeats: int) -> tuple[float, float, float]:
     return float(np.median(walls)), float(np.min(walls)), float(np.min(cpus))
 
 
-def subset(batch: dict, n: int) -> dict:
-    return {k: v[:n] for k, v in batch.items()}
+# ----------------------------------------------------------------------------------------------
+# PyTorch timing
+
+
+def torch_step_times(template, batch, init, variants, steps: int, threads: list[int]) -> dict:
+    """Per variant: ``{'step_s', 'threads', 'by_threads', 'warmup_s'}`` or ``{'error'}``.
+
+    ``step_s`` is the median step of the fastest thread count; ``warmup_s`` the untimed first steps
+    of that run (for a compiled variant: the compile).
+    """
+    import torch_registration as tr
+
+    config = reg.RegistrationConfig()  # the weights do not change the cost of a step
+    objectives = {}
+    found = {}
+    for name in variants:
+        skin, compiled = TORCH_VARIANTS[name]
+        if skin not in objectives:
+            objectives[skin] = tr.RegistrationObjective(template, batch, config, IMAGE, skin)
+        runs = {}
+        try:
+            for t in threads:
+                runs[t] = tr.time_adam_steps(objectives[skin], functools.partial(tr.params_from, init, IMAGE),
+                                             config, steps, compile=compiled, threads=t)
+        except Exception as e:  # noqa: BLE001 - a torch.compile failure is a result, not a crash
+            if not compiled:
+                raise
+            found[name] = {"error": _error_line(e)}
+            print(f"    {name}: torch.compile FAILED ({found[name]['error']}); eager numbers kept", flush=True)
+            continue
+        best = min(runs.values(), key=lambda r: r.step_s)
+        found[name] = {"step_s": best.step_s, "threads": best.threads, "warmup_s": best.warmup_s,
+                       "by_threads": {t: r.step_s for t, r in runs.items()}}
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
 # Parity of the objectives
 
 
-def check_parity(template, batch, config, name: str, tol: float = 1e-3) -> float:
-    """Per-sample relative difference of the two losses at the start and at bodyjax's fit."""
-    init = reg.init_params(template, batch, (IMAGE_SIZE, IMAGE_SIZE))
-    ref = TorchRegistration(template, batch, config)
+def check_parity(template, batch, config, name: str, variants, tol: float = 1e-3) -> dict:
+    """Per-sample relative difference of bodyjax's and each variant's loss, at the start and at
+    bodyjax's fit. Returns ``{variant: error}`` for compiled variants that failed to compile (they are
+    then left out of the timing); a mismatch above ``tol`` stops the benchmark."""
+    import torch
+    import torch_registration as tr
+
+    init = reg.init_params(template, batch, IMAGE)
     # register with learning rate 0 and one step returns the parameters and loss of the start
     probe = dataclasses.replace(config, learning_rate=0.0, num_steps=1)
-    _, rep0 = reg.register(template, batch, init, probe, (IMAGE_SIZE, IMAGE_SIZE))
-    fit, rep1 = reg.register(template, batch, init, config, (IMAGE_SIZE, IMAGE_SIZE))
-    worst = 0.0
-    for tag, params, rep in (("start", init, rep0), ("fit", fit, rep1)):
-        with ref.torch.no_grad():
-            torch_loss = ref.loss(ref.params_from(params)).numpy()
-        jax_loss = np.asarray(rep.loss)
-        rel = np.abs(torch_loss - jax_loss) / np.maximum(np.abs(jax_loss), 1e-12)
-        worst = max(worst, float(rel.max()))
-        print(f"  parity {name:>7s} at {tag:5s}: bodyjax loss mean {jax_loss.mean():10.5f}  torch "
-              f"{torch_loss.mean():10.5f}  max rel diff {rel.max():.2e}")
-        if rel.max() > tol:
-            raise SystemExit(f"objective mismatch ({name}, {tag}): max relative difference {rel.max():.3e} > {tol}")
-    return worst
+    _, rep0 = reg.register(template, batch, init, probe, IMAGE)
+    fit, rep1 = reg.register(template, batch, init, config, IMAGE)
+    failed = {}
+    for variant in variants:
+        skin, compiled = TORCH_VARIANTS[variant]
+        objective = tr.RegistrationObjective(template, batch, config, IMAGE, skin)
+        loss = torch.compile(objective.loss, dynamic=False) if compiled else objective.loss
+        for tag, params, rep in (("start", init, rep0), ("fit", fit, rep1)):
+            try:  # torch.compile compiles at the first call
+                with torch.no_grad():
+                    torch_loss = loss(tr.params_from(params, IMAGE, requires_grad=False)).numpy()
+            except Exception as e:  # noqa: BLE001 - a torch.compile failure is a result, not a crash
+                if not compiled:
+                    raise
+                failed[variant] = _error_line(e)
+                print(f"  parity {name:>7s} {variant:14s}: torch.compile FAILED ({failed[variant]})")
+                break
+            jax_loss = np.asarray(rep.loss)
+            rel = np.abs(torch_loss - jax_loss) / np.maximum(np.abs(jax_loss), 1e-12)
+            print(f"  parity {name:>7s} {variant:14s} at {tag:5s}: bodyjax loss mean {jax_loss.mean():10.5f}  "
+                  f"torch {torch_loss.mean():10.5f}  max rel diff {rel.max():.2e}")
+            if rel.max() > tol:
+                raise SystemExit(f"objective mismatch ({name}, {variant}, {tag}): max relative difference "
+                                 f"{rel.max():.3e} > {tol}")
+    return failed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,7 +239,7 @@ def thunk_profile(compiled, call, steps: int, top: int = 14):
     print(f"  per-op time inside one call ({whole / 1e3:.1f} ms of XLA ops, {whole / steps:.1f} us per step):")
     for name, us in total.most_common(top):
         m = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]*)\"", hlo)
-        shape, origin = (m.group(1), m.group(2).replace("jit(register)/while/body/closed_call/", "")) if m else ("?", "?")
+        shape, origin = (m.group(1), re.sub(r"^.*?while/body/(closed_call/)?", "", m.group(2))) if m else ("?", "?")
         print(f"    {100 * us / whole:5.1f}%  {us / steps:7.1f} us/step  {name:42s} {shape:22s} {origin[:70]}")
 
 
@@ -334,14 +260,19 @@ class patched:
 
 
 def _variants(template):
-    """What-if rewrites of the body model used by register (same maths, different XLA programs)."""
-    from bodyjax import kinematics
+    """What-if rewrites of the body model used by register (same maths, different XLA programs).
 
-    orig_chain, orig_blend = kinematics.chain, kinematics.blend_skin
-    orig_gather, orig_forward_points = body.gather_points, body.forward_points
+    They replace ``kinematics.blend_skin``, ``kinematics.chain``, ``body.gather_points`` (which returns
+    a ``body.Points``) and ``body.forward_points(template, params, points)``. The rewrites of
+    ``forward_points`` handle bodies without pose blend shapes only (the default MakeHuman body).
+    """
+    from bodyjax import kinematics
+    from bodyjax.camera import weak_perspective
+
+    orig_gather = body.gather_points
 
     # 1. blend_skin applying the blended 3x4 matrices with a broadcast multiply over [x, y, z, 1]
-    #    (its gradient is one fused multiply instead of 12 slice-pads added together)
+    #    (its gradient is one fused multiply instead of 12 column pieces put back together)
     def blend_homogeneous(rest, weights, transforms):
         flat = transforms.reshape(transforms.shape[:-2] + (12,))
         blended = jnp.matmul(weights, flat).reshape(weights.shape[:-1] + (3, 4))
@@ -350,14 +281,14 @@ def _variants(template):
 
     # 2. points pre-multiplied once by their weights: H = w (x) [x, y, z, 1] (N, 96), then every step
     #    one matmul H @ T with T the (96, 3) stacked transposed transforms (forward and gradient are
-    #    plain matmuls; H is constant over the loop)
+    #    plain matmuls; H is constant over the loop). It travels in the ``weights`` slot of Points.
     def homog_outer(rest, weights):
         homog = jnp.concatenate([rest, jnp.ones(rest.shape[:-1] + (1,), rest.dtype)], -1)
         return (weights[..., :, None] * homog[..., None, :]).reshape(weights.shape[:-1] + (-1,))
 
     def gather_outer(template, vertex_ids):
-        rest, weights = orig_gather(template, vertex_ids)
-        return rest, homog_outer(rest, weights)
+        points = orig_gather(template, vertex_ids)
+        return points._replace(weights=homog_outer(points.rest, points.weights))
 
     def skin_outer(h, transforms):
         t = jnp.swapaxes(transforms, -1, -2).reshape(transforms.shape[:-3] + (-1, 3))  # (..., 96, 3)
@@ -374,29 +305,29 @@ def _variants(template):
     kp_weights = np.asarray(template.weights)[used]
 
     def make_forward(outer: bool, compact_kp: bool):
-        def forward_points(template, params, rest_points, point_weights):
+        def skin(rest, weights, transforms):
+            if outer:
+                return skin_outer(homog_outer(rest, weights), transforms)
+            return kinematics.blend_skin(rest, weights, transforms)
+
+        def forward_points(template, params, points, _kp_from_points=False):
+            if template.posedirs is not None:
+                raise NotImplementedError("the profiling rewrites do not handle pose blend shapes")
             transforms, joints = body.skinning_transforms(template, params)
             if outer:
-                vertices = skin_outer(point_weights, transforms)
+                vertices = skin_outer(points.weights, transforms)
             else:
-                vertices = kinematics.blend_skin(rest_points, point_weights, transforms)
+                vertices = kinematics.blend_skin(points.rest, points.weights, transforms)
             if compact_kp:
-                if outer:
-                    kpv = skin_outer(homog_outer(jnp.asarray(kp_rest), jnp.asarray(kp_weights)), transforms)
-                else:
-                    kpv = kinematics.blend_skin(jnp.asarray(kp_rest), jnp.asarray(kp_weights), transforms)
+                kpv = skin(jnp.asarray(kp_rest), jnp.asarray(kp_weights), transforms)
                 keypoints = jnp.einsum("kj,...jc->...kc", template.kp_joint_weights, joints) + jnp.einsum(
                     "ku,...uc->...kc", jnp.asarray(kp_dense), kpv)
-                from bodyjax.camera import weak_perspective
                 project = functools.partial(weak_perspective, scale=params.scale, translation=params.translation)
                 return body.BodyOutput(vertices=vertices, joints=joints, keypoints=keypoints,
                                        vertices2d=project(vertices), joints2d=project(joints),
                                        keypoints2d=project(keypoints))
             ids = template.kp_vertex_ids.reshape(-1)
-            if outer:
-                kpv = skin_outer(homog_outer(template.vertices[ids], template.weights[ids]), transforms)
-            else:
-                kpv = kinematics.blend_skin(template.vertices[ids], template.weights[ids], transforms)
+            kpv = skin(template.vertices[ids], template.weights[ids], transforms)
             kpv = kpv.reshape(kpv.shape[:-2] + template.kp_vertex_ids.shape + (3,))
             return body._finish(template, params, vertices, joints, kpv)
         return forward_points
@@ -421,31 +352,6 @@ def _variants(template):
             pos = pos.at[..., js, :].set(pos[..., ps, :] + kinematics._matvec(gp, off))
         return g, pos
 
-    # 5. the same code reading its per-joint / per-column pieces with ONE jnp.unstack instead of many
-    #    slices: the gradient of k slices is k pads added together, which XLA fuses into a loop that
-    #    evaluates every pad for every element (O(k * size)); the gradient of unstack is one stack.
-    def chain_unstack(local, rest_joints, parents, bone_scales=None):
-        parents = tuple(int(p) for p in parents)
-        loc = jnp.unstack(local, axis=-3)
-        sc = None if bone_scales is None else jnp.unstack(bone_scales, axis=-1)
-        rj = jnp.unstack(rest_joints, axis=-2)
-        rots = [loc[0]]
-        pos = [jnp.broadcast_to(rj[0], loc[0].shape[:-2] + (3,))]
-        for j in range(1, len(parents)):
-            p = parents[j]
-            offset = rj[j] - rj[p]
-            if sc is not None:
-                offset = offset * sc[p][..., None]
-            rots.append(rots[p] @ loc[j])
-            pos.append(pos[p] + kinematics._matvec(rots[p], offset))
-        return jnp.stack(rots, axis=-3), jnp.stack(pos, axis=-2)
-
-    def blend_unstack(rest, weights, transforms):
-        flat = transforms.reshape(transforms.shape[:-2] + (12,))
-        c = jnp.unstack(jnp.matmul(weights, flat), axis=-1)
-        x, y, z = jnp.unstack(rest, axis=-1)
-        return jnp.stack([c[4 * r] * x + c[4 * r + 1] * y + c[4 * r + 2] * z + c[4 * r + 3] for r in range(3)], -1)
-
     K, B = kinematics, body
     compact_kp = (B, "forward_points", make_forward(False, True))
     level_chain = (K, "chain", chain_by_level)
@@ -459,19 +365,13 @@ def _variants(template):
         "compact kp + level chain": (compact_kp, level_chain),
         "compact kp + level chain + broadcast blend": (
             compact_kp, level_chain, (K, "blend_skin", blend_homogeneous)),
-        "chain reads joints with jnp.unstack": ((K, "chain", chain_unstack),),
-        "blend_skin reads columns with jnp.unstack": ((K, "blend_skin", blend_unstack),),
-        "both unstack rewrites": ((K, "chain", chain_unstack), (K, "blend_skin", blend_unstack)),
-        "both unstack rewrites + compact kp": (
-            (K, "chain", chain_unstack), (K, "blend_skin", blend_unstack), compact_kp),
     }
 
 
 def profile(template, batch, config, repeats: int, only=None):
     """Where the time of one register call goes, and what rewrites of the body model would save."""
-    image = (IMAGE_SIZE, IMAGE_SIZE)
-    bsz = batch["dense_xy"].shape[0]
-    init = reg.init_params(template, batch, image)
+    bsz = batch.size
+    init = reg.init_params(template, batch, IMAGE)
     print(f"\nprofile: register, batch {bsz}, {config.num_steps} steps; process CPU time per step is the "
           "robust number on a loaded machine (wall in brackets)")
     compiled, _ = compile_register(template, batch, init, config)
@@ -480,12 +380,8 @@ def profile(template, batch, config, repeats: int, only=None):
     for name, patches in _variants(template).items():
         if only and name != "baseline (register as is)" and not any(o in name for o in only):
             continue
-
-        def fresh(*a, **k):  # a new function object: jit's trace caches are keyed on it
-            return reg.register.__wrapped__(*a, **k)
         with patched(*patches):
-            fresh = jax.jit(fresh, static_argnames=("config", "image_size"))
-            comp = fresh.lower(template, batch, init, config=config, image_size=image).compile()
+            comp, _ = compile_register(template, batch, init, config)
         params, report = comp(template, batch, init)
         compiled_variants[name] = (comp, float(np.mean(np.asarray(report.loss))))
     # interleaved rounds, best of each: the load of a shared machine comes and goes
@@ -510,69 +406,110 @@ def profile(template, batch, config, repeats: int, only=None):
 
 
 def table(args, template, data, schedules):
-    if not args.no_torch:
-        print("objective parity (PyTorch full-mesh vs bodyjax register, batch 10):")
+    variants = [] if args.no_torch else list(args.torch_variants)
+    threads = args.torch_threads or sorted({1, os.cpu_count() or 1})
+    failed = {}
+    if variants:
+        print(f"objective parity (PyTorch {', '.join(variants)} vs bodyjax register, batch 10):")
         for name, cfg in schedules.items():
-            check_parity(template, subset(data, 10), cfg, name)
+            failed.update(check_parity(template, subset(data, 10), cfg, name, variants))
+        variants = [v for v in variants if v not in failed]
 
-    rows, compile_rows = [], []
+    rows, torch_rows = [], []
     ndev = len(jax.devices())
     for bsz in args.batches:
         batch = jax.device_put(subset(data, bsz))
-        init = reg.init_params(template, batch, (IMAGE_SIZE, IMAGE_SIZE))
+        init = reg.init_params(template, batch, IMAGE)
         if ndev > 1 and bsz % ndev == 0:
             from jax.sharding import Mesh, NamedSharding, PartitionSpec
             sharding = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), PartitionSpec("batch"))
             batch, init = jax.device_put((batch, init), sharding)
             print(f"  batch {bsz:4d}: sharded over {ndev} host devices")
-        torch_step = None
-        if not args.no_torch:
-            torch_step, by_threads = torch_step_time(template, subset(data, bsz), init, args.torch_steps)
-            print(f"  batch {bsz:4d} torch: " + ", ".join(
-                f"{t} thread(s) {1e3 * v:.1f} ms/step" for t, v in by_threads.items()) + " (median step)")
+        torch_found = {}
+        if variants:
+            torch_found = torch_step_times(template, subset(data, bsz), init, variants, args.torch_steps, threads)
+            for v, r in torch_found.items():
+                torch_rows.append((bsz, v, r))
+                if "step_s" in r:
+                    print(f"  batch {bsz:4d} torch {v:14s}: " + ", ".join(
+                        f"{t} thread(s) {1e3 * s:.2f} ms/step" for t, s in r["by_threads"].items())
+                        + f" (median step); warm-up {r['warmup_s']:.1f} s", flush=True)
+        ok = {v: r for v, r in torch_found.items() if "step_s" in r}
+        strongest = min(ok, key=lambda v: ok[v]["step_s"]) if ok else None
         for name, cfg in schedules.items():
             compiled, comp_s = compile_register(template, batch, init, cfg)
             med, mn, cpu = time_call(functools.partial(compiled, template, batch, init), args.repeats)
             row = {"batch": bsz, "schedule": f"{name} ({cfg.num_steps} steps)", "jax_s": med, "jax_min_s": mn,
-                   "jax_fps": bsz / med, "jax_cpu_fps": bsz / cpu, "compile_s": comp_s}
-            if torch_step is not None:
-                torch_s = torch_step * cfg.num_steps
-                row.update(torch_step_ms=1e3 * torch_step, torch_fps=bsz / torch_s, ratio=torch_s / med)
+                   "jax_fps": bsz / med, "jax_cpu_fps": bsz / cpu, "compile_s": comp_s, "strongest": strongest,
+                   "torch": {}}
+            for v in variants:
+                r = torch_found.get(v, {})
+                if "step_s" in r:
+                    torch_s = r["step_s"] * cfg.num_steps
+                    row["torch"][v] = {"fps": bsz / torch_s, "ratio": torch_s / med}
             rows.append(row)
-            compile_rows.append((bsz, name, comp_s))
+            best = (f"; strongest torch {strongest} {row['torch'][strongest]['fps']:.2f} fits/s "
+                    f"({row['torch'][strongest]['ratio']:.1f}x)" if strongest else "")
             print(f"  batch {bsz:4d} {name:7s}: bodyjax {med:7.3f} s/call (min {mn:.3f}, CPU {cpu:.3f}) -> "
-                  f"{bsz / med:8.1f} fits/s" + (f"; torch {1e3 * torch_step:7.1f} ms/step x {cfg.num_steps} -> "
-                                                f"{row['torch_fps']:7.2f} fits/s" if torch_step else "")
-                  + f"; compile {comp_s:.1f} s", flush=True)
+                  f"{bsz / med:8.1f} fits/s{best}; compile {comp_s:.1f} s", flush=True)
 
     print(f"\nfits per second. bodyjax: batch / median wall seconds of {args.repeats} calls (the CPU column uses "
           "the process CPU seconds instead: what an uncontended core would give when XLA runs one thread).")
-    print(f"torch: EXTRAPOLATED: median of {args.torch_steps} timed steps x the schedule's step count "
-          "(its per-step cost is constant), fastest of 1 and all threads.")
-    hdr = (f"{'batch':>5} | {'schedule':<19} | {'bodyjax fits/s':>14} | {'(CPU-time)':>10} | {'torch fits/s':>12} | "
-           f"{'ratio':>7} | {'torch ms/step':>13} | {'compile s':>9}")
+    if variants:
+        print(f"torch: EXTRAPOLATED: median of {args.torch_steps} timed steps x the schedule's step count "
+              f"(its per-step cost is constant), fastest of {' and '.join(map(str, threads))} thread(s). "
+              "ratio = bodyjax fits/s / torch fits/s.")
+    width = {v: max(20, len(v) + 8) for v in variants}
+    hdr = (f"{'batch':>5} | {'schedule':<19} | {'bodyjax fits/s':>14} | {'(CPU-time)':>10} | "
+           f"{'strongest torch':<15} | {'fits/s':>8} | {'ratio':>7} | "
+           + "".join(f"{v + ' (ratio)':>{width[v]}} | " for v in variants) + f"{'compile s':>9}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        tf = f"{r['torch_fps']:12.2f}" if "torch_fps" in r else f"{'-':>12}"
-        ra = f"{r['ratio']:6.0f}x" if "ratio" in r else f"{'-':>7}"
-        tm = f"{r['torch_step_ms']:13.1f}" if "torch_step_ms" in r else f"{'-':>13}"
-        print(f"{r['batch']:5d} | {r['schedule']:<19} | {r['jax_fps']:14.1f} | {r['jax_cpu_fps']:10.1f} | {tf} | "
-              f"{ra} | {tm} | {r['compile_s']:9.1f}")
-    print("compile time: register lower + compile, once per (config, batch shape), not in the fits/s.")
-    print("targets: >= 100 fits/s for the 300-step schedule at batch >= 64 on a 2-core CPU; >= 10x PyTorch")
+        s = r["strongest"]
+        strongest = (f"{s:<15} | {r['torch'][s]['fps']:8.2f} | {r['torch'][s]['ratio']:6.1f}x" if s
+                     else f"{'-':<15} | {'-':>8} | {'-':>7}")
+        cells = []
+        for v in variants:
+            t = r["torch"].get(v)
+            cells.append(f"{t['fps']:10.2f} ({t['ratio']:6.1f}x)" if t else "failed")
+        print(f"{r['batch']:5d} | {r['schedule']:<19} | {r['jax_fps']:14.1f} | {r['jax_cpu_fps']:10.1f} | "
+              f"{strongest} | " + "".join(f"{c:>{width[v]}} | " for c, v in zip(cells, variants))
+              + f"{r['compile_s']:9.1f}")
+    print("compile time: register lower + compile (tracing included), once per (config, batch shape), "
+          "not in the fits/s.")
+    if torch_rows:
+        print("\ntorch per step (median, at the fastest thread count); warm-up = the untimed first steps, "
+              "for *_compile the torch.compile time (short when inductor's on-disk cache already holds the graph), "
+              "not in the fits/s:")
+        hdr = f"{'batch':>5} | {'variant':<14} | {'ms/step':>8} | {'threads':>7} | {'warm-up s':>9}"
+        print(hdr)
+        print("-" * len(hdr))
+        for bsz, v, r in torch_rows:
+            if "step_s" in r:
+                print(f"{bsz:5d} | {v:<14} | {1e3 * r['step_s']:8.2f} | {r['threads']:7d} | {r['warmup_s']:9.1f}")
+            else:
+                print(f"{bsz:5d} | {v:<14} | {'failed':>8} | {'':>7} | {'':>9}  {r['error']}")
+    for v, e in failed.items():
+        print(f"{v}: torch.compile failed in the parity check, not timed: {e}")
+    print("targets: >= 100 fits/s for the 300-step schedule at batch >= 64 on a 2-core CPU; >= 10x the "
+          "strongest PyTorch variant")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[10, 64, 256])
     ap.add_argument("--torch-steps", type=int, default=10, help="PyTorch steps timed (then extrapolated)")
+    ap.add_argument("--torch-variants", nargs="+", default=list(DEFAULT_TORCH_VARIANTS),
+                    choices=list(TORCH_VARIANTS), help="PyTorch references to time (see above)")
+    ap.add_argument("--torch-threads", type=int, nargs="+", default=None,
+                    help="torch thread counts to try, fastest kept (default: 1 and all cores)")
     ap.add_argument("--repeats", type=int, default=5, help="bodyjax calls timed per cell (median)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="per-op profile and what-if variants at the smallest batch and the largest batch >= 64")
-    ap.add_argument("--profile-only", action="store_true", help="skip the table, only --profile")
+    ap.add_argument("--profile-only", action="store_true", help="skip the table, only the profile (implies --profile)")
     ap.add_argument("--variants", nargs="*", default=None, help="profile only these variants (substring match)")
     ap.add_argument("--host-devices", type=int, default=1,
                     help="split the CPU into N XLA devices and shard the batch over them (NamedSharding P('batch'))")
@@ -584,19 +521,19 @@ def main():
           f"{len(jax.devices())} device), torch {torch.__version__} ({torch.get_num_threads()} threads)")
     template = body.default_template("coco17")
     data_cfg = synthetic.SyntheticConfig(image_size=IMAGE_SIZE, keypoint_set="coco17")
-    n = max(args.batches)
+    n = max(args.batches + [10])
     t0 = time.perf_counter()
-    data = synthetic.make_split(template, data_cfg, seed=args.seed, num_samples=n)
-    data = {k: v for k, v in data.items() if k != "image"}
-    pts = data["dense_mask"].sum(1)
+    records = synthetic.make_split(template, data_cfg, seed=args.seed, num_samples=n)
+    data = sample.to_batch(records, with_image=False, with_gt=False)
+    pts = np.asarray(data.dense_mask).sum(1)
     print(f"data: {n} synthetic samples, {IMAGE_SIZE} px, coco17, dense points per image mean {pts.mean():.1f} "
-          f"(min {pts.min():.0f}, max {pts.max():.0f}, padded to {data['dense_mask'].shape[1]}); "
+          f"(min {pts.min():.0f}, max {pts.max():.0f}, padded to {data.dense_mask.shape[1]}); "
           f"generated in {time.perf_counter() - t0:.1f} s")
 
     schedules = {"round1": reg.stiff_config(), "later": reg.RegistrationConfig()}
     if not args.profile_only:
         table(args, template, data, schedules)
-    if args.profile:
+    if args.profile or args.profile_only:
         big = [b for b in args.batches if b >= 64]
         bsz = max(big) if big else max(args.batches)
         for b in sorted(set([min(args.batches)] + [bsz])):

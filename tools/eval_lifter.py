@@ -29,18 +29,23 @@ data. Runs (``--runs``, comma separated):
 * ``paper``: eq. 1-4 and eq. 6 with ``mu = 0`` (adversarial + bone ratio + symmetry, 7 views), ``D``
   on every keypoint the data labels;
 * ``body``: ``paper`` with ``D`` on the body keypoints only
-  (``LifterHParams.discriminator_keypoints='body'``): the face is labelled only when seen, so a
+  (``LifterConfig.discriminator_keypoints='body'``): the face is labelled only when seen, so a
   rotated view of a labelled face betrays the fakes by the mask alone (the paper's MPII labels every
   joint whatever the view, so it did not have this cue);
-* ``knee``: ``body`` plus the knee-direction prior :func:`bodyjax.lifter.l_knee` (weight
+* ``knee``: ``body`` plus the knee-direction prior :func:`bodyjax.losses.l_knee` (weight
   ``--knee-weight``; NOT in the paper, it breaks the depth-sign ambiguity of eq. 1-4);
-* ``priors``: ``knee`` plus the face-direction prior :func:`bodyjax.lifter.l_face` (weight
+* ``priors``: ``knee`` plus the face-direction prior :func:`bodyjax.losses.l_face` (weight
   ``--face-weight``; NOT in the paper): the CPU default configuration's lifter;
 * ``round2``: continues the ``priors`` state (else ``knee``, ``body``, ``paper``) with eq. 5 switched
   on for ``--round2-epochs`` epochs, ``mu`` decaying from 100 to 1. Its 3D targets are
   a STAND-IN for the registration output: the ground-truth 3D keypoints plus isotropic Gaussian noise
   of ``--noise-mm`` per coordinate (metres, then ``(s x + t, s z)`` like
   :func:`bodyjax.lifter.weak_perspective_joints3d`).
+
+Each run trains with the project's epoch loop (:func:`bodyjax.loop.epochs.run_epochs` over
+:func:`~bodyjax.loop.epochs.array_batches` of the 2D keypoints, one :func:`bodyjax.lifter.train_step`
+per batch): epoch ``e`` is shuffled with ``epoch_seed(seed + 7919, e)``, the last partial batch is
+dropped, step ``i`` draws its randomness from ``fold_in(PRNGKey(seed + 7919), i)``.
 
 Ablations (``--ablation geo|views|all``), applied to ``--ablation-base`` (``priors`` by default, the
 run whose honest error is meaningful): ``no l_ratio/l_sym`` (``ratio_weight = sym_weight = 0``) and
@@ -79,7 +84,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bodyjax import body, lifter, metrics, skeletons  # noqa: E402
+from bodyjax.batch import Batch  # noqa: E402
 from bodyjax.data import synthetic  # noqa: E402
+from bodyjax.loop import epochs as epoch_loop  # noqa: E402
 
 KS = skeletons.COCO17
 
@@ -212,12 +219,47 @@ def noisy_targets(data: dict, noise_mm: float, seed: int) -> np.ndarray:
 # Training
 
 
-def train(name: str, hp: lifter.LifterHParams, train_data: dict, mean_ratios, epochs: int,
+def lifter_batch(keypoints, keypoint_visible, target_keypoints3d=None,
+                 target_keypoints3d_mask=None) -> Batch:
+    """A :class:`~bodyjax.batch.Batch` of 2D keypoints (and optional eq. 5 targets) for
+    :func:`bodyjax.lifter.train_step`; the lifter reads no dense correspondences (``N = 0``)."""
+    b = len(keypoints)
+    return Batch(dense_xy=np.zeros((b, 0, 2), np.float32), dense_vertex=np.zeros((b, 0), np.int32),
+                 dense_mask=np.zeros((b, 0), np.float32), keypoints=keypoints,
+                 keypoint_visible=keypoint_visible, target_keypoints3d=target_keypoints3d,
+                 target_keypoints3d_mask=target_keypoints3d_mask)
+
+
+def train(name: str, hp: lifter.LifterConfig, train_data: dict, mean_ratios, epochs: int,
           batch: int, seed: int, state=None, joints3d=None, log_every: int = 10):
-    """Trains (or continues) a lifter; returns ``(state, history, seconds)``."""
+    """Trains (or continues) a lifter; returns ``(state, history, seconds)``.
+
+    A new state is created from ``hp`` and ``mean_ratios``; a given ``state`` keeps its own config.
+    With ``joints3d`` (``(M, 17, 3)`` pixel-unit targets) eq. 5 is on, its weight ``mu`` following
+    :func:`bodyjax.lifter.joint_weight_schedule` over all the steps; without, ``mu = 0``.
+    """
     if state is None:
-        state = lifter.create_lifter_state(jax.random.PRNGKey(seed), KS.num_keypoints, hp)
+        state = lifter.create_state(jax.random.PRNGKey(seed), KS.name, mean_ratios, hp)
+    cfg = state.config
+    arrays = {"keypoints": np.asarray(train_data["keypoints2d"], np.float32),
+              "keypoint_visible": np.asarray(train_data["visibility"], np.float32)}
+    if joints3d is not None:
+        arrays["target_keypoints3d"] = np.asarray(joints3d, np.float32)
+        arrays["target_keypoints3d_mask"] = np.ones(len(joints3d), np.float32)
+    m = len(arrays["keypoints"])
+    bs = max(1, min(int(batch), m))
+    total = int(epochs) * (m // bs)
+    shuffle_seed, key = seed + 7919, jax.random.PRNGKey(seed + 7919)
     t0 = time.time()
+
+    def batches(epoch):
+        for b in epoch_loop.array_batches(arrays, bs, shuffle_seed, epoch):
+            yield lifter_batch(**b)
+
+    def step(s, b, i):
+        mu = (lifter.joint_weight_schedule(i, total, cfg.mu_start, cfg.mu_end, cfg.mu_schedule)
+              if joints3d is not None else 0.0)
+        return lifter.train_step(s, b, jax.random.fold_in(key, i), mu)
 
     def progress(epoch, m):
         if (epoch + 1) % log_every == 0 or epoch == 0 or epoch + 1 == epochs:
@@ -228,16 +270,12 @@ def train(name: str, hp: lifter.LifterHParams, train_data: dict, mean_ratios, ep
                   f"mu {m['mu']:.1f}  "
                   f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
 
-    state, hist = lifter.train_lifter(
-        state, train_data["keypoints2d"], train_data["visibility"],
-        jax.random.PRNGKey(seed + 7919), num_epochs=epochs, batch_size=batch,
-        mean_ratios=mean_ratios, keypoint_set=KS, hparams=hp, joints3d=joints3d,
-        progress=progress)
+    state, hist = epoch_loop.run_epochs(state, step, batches, epochs, progress)
     return state, hist, time.time() - t0
 
 
 def predict(state, data: dict) -> np.ndarray:
-    return np.asarray(lifter.lift(state, data["keypoints2d"], data["visibility"], KS))
+    return np.asarray(lifter.lift(state, data["keypoints2d"], data["visibility"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,12 +344,12 @@ def main(argv=None):
           f"{100 * raw_vis.mean():.1f}% (test); lifter input ({args.visibility}): "
           f"{100 * te['visibility'].mean():.1f}% of the keypoints", flush=True)
 
-    paper = lifter.LifterHParams(hidden=args.width, learning_rate=args.lr,
-                                 batch_size=args.batch, num_epochs=args.epochs)
+    paper = lifter.LifterConfig(hidden=args.width, learning_rate=args.lr,
+                                batch_size=args.batch, num_epochs=args.epochs)
     body_d = dataclasses.replace(paper, discriminator_keypoints="body")
     knee = dataclasses.replace(body_d, knee_weight=args.knee_weight)
     priors = dataclasses.replace(knee, face_weight=args.face_weight)
-    todo = []  # (key, label, hparams)
+    todo = []  # (key, label, config)
     if "paper" in runs:
         todo.append(("paper", "R1 paper: adv+ratio+sym, 7 views", paper))
     if "body" in runs:

@@ -29,27 +29,27 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bodyjax import body, metrics, registration, skeletons  # noqa: E402
-from bodyjax.data import synthetic  # noqa: E402
+from bodyjax.batch import Batch  # noqa: E402
+from bodyjax.data import sample, synthetic  # noqa: E402
 
 
 def gt_params(split) -> body.BodyParams:
-    return body.BodyParams(
-        pose=jnp.asarray(split["gt_pose"]), segment_scales=jnp.asarray(split["gt_segment_scales"]),
-        rotation=jnp.asarray(split["gt_rotation"]), scale=jnp.asarray(split["gt_scale"]),
-        translation=jnp.asarray(split["gt_translation"]))
+    return sample.params_from_record(split, "gt")
 
 
-def make_batch(template, split, keypoint_set: str, with_depth: bool, all_keypoints: bool = False) -> dict:
-    batch = {k: jnp.asarray(split[k]) for k in
-             ("dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible")}
+def make_batch(template, split, keypoint_set: str, with_depth: bool, all_keypoints: bool = False) -> Batch:
+    """The registration's :class:`~bodyjax.batch.Batch` of the split (no pixels, no ground truth),
+    with the ground-truth root-relative keypoint depths (pixels) as ``keypoint_depth`` if asked."""
+    batch = sample.to_batch(split, with_image=False, with_gt=False)
     if all_keypoints:  # the synthetic ground truth knows where hidden keypoints project too
-        batch["keypoint_visible"] = jnp.ones_like(batch["keypoint_visible"])
+        batch = batch.replace(keypoint_visible=np.ones_like(batch.keypoint_visible))
     if with_depth:
         gt = body.forward(template, gt_params(split))
         z = gt.keypoints[..., 2] * batch_scale(split)[:, None]
         root = jnp.asarray(skeletons.get_keypoint_set(keypoint_set).root)
-        batch["keypoint_depth"] = z - jnp.mean(z[:, root], axis=1, keepdims=True)
-        batch["keypoint_depth_mask"] = jnp.ones_like(z)
+        depth = z - jnp.mean(z[:, root], axis=1, keepdims=True)
+        batch = batch.replace(keypoint_depth=np.asarray(depth, np.float32),
+                              keypoint_depth_mask=np.ones(depth.shape, np.float32))
     return batch
 
 
@@ -67,7 +67,7 @@ def joint_errors(template, params, split) -> tuple[float, float]:
             float(jnp.mean(metrics.pa_mpjpe(pred, gt)) * 1000))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=128)
@@ -76,11 +76,12 @@ def main():
     parser.add_argument("--later-lr", type=float, default=0.1)
     parser.add_argument("--w-kp", type=float, default=1.0, help="ω_KP of the later round")
     parser.add_argument("--w-scale", type=float, default=10.0, help="ω_scale of the later round")
-    parser.add_argument("--w-joint", type=float, default=0.001, help="ω_joint of the later round")
+    parser.add_argument("--w-joint", "--w-angle", dest="w_joint", type=float, default=0.001,
+                        help="ω_joint of the later round (RegistrationConfig.w_angle)")
     parser.add_argument("--all-keypoints", action="store_true",
                         help="with GT depths, also give the GT 2D position of hidden keypoints")
     parser.add_argument("--only-oracle", action="store_true", help="only the 24-joint GT-depth oracle")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     size = (args.image_size, args.image_size)
     rows = []
@@ -95,7 +96,7 @@ def main():
         if args.all_keypoints and with_depth:
             label += ", all kp"
         rows.append((label, "T-pose init (affine camera)", *joint_errors(template, init, split), np.nan, np.nan))
-        stiff = registration.stiff_config(keypoint_set=keypoint_set)
+        stiff = registration.stiff_config()  # the keypoint set is the template's
         fit, report = registration.register(template, batch, init, stiff, size)
         jax.block_until_ready(fit)
         t0 = time.perf_counter()
@@ -106,8 +107,8 @@ def main():
                      float(jnp.mean(report.dense_residual_px)), fps))
         for steps in args.later_steps:
             later = registration.RegistrationConfig(num_steps=steps, learning_rate=args.later_lr,
-                                                    keypoint_set=keypoint_set, w_kp=args.w_kp,
-                                                    w_scale=args.w_scale, w_joint=args.w_joint)
+                                                    w_kp=args.w_kp, w_scale=args.w_scale,
+                                                    w_angle=args.w_joint)
             fit2, report2 = registration.register(template, batch, fit, later, size)
             rows.append((label, f"+ later round, {steps} steps", *joint_errors(template, fit2, split),
                          float(jnp.mean(report2.dense_residual_px)), np.nan))

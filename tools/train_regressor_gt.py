@@ -10,7 +10,11 @@ training and test errors stay together and keep falling with the epochs.
 The targets θ_fit are the synthetic samples' exact ground-truth parameters (the setting where the
 registration would be perfect), so the run checks the regressor, its losses (eq. 13–14), the
 augmentation and the unit conversions end to end. Training and test sets are disjoint draws of the
-embedded synthetic data set (seeds ``--seed`` and ``--seed + 1``). Reported on the test set:
+embedded synthetic data set (seeds ``--seed`` and ``--seed + 1``). The training loop is the project's:
+:func:`bodyjax.loop.epochs.run_epochs` over grain batches (:func:`bodyjax.loop.epochs.record_batches`
+of an :class:`~bodyjax.data.pipeline.ArraySource` of the records joined with their targets,
+augmented by :class:`bodyjax.data.augment.Augment`) and :func:`bodyjax.regressor.train_step`.
+Reported on the test set:
 
 * PA-MPJPE (mm) of the 24 joints after a similarity (Procrustes) alignment, and MPJPE (mm) after
   root alignment only (so the global rotation counts), of the prediction;
@@ -26,7 +30,11 @@ smooth-L1 threshold of 0.1 normalised units (with 1 every parameter error sits i
 part). Augmentation: zoom, in-plane rotation, shift and colour jitter WITHOUT left/right flips
 (``--augment geo``): the synthetic renderer tints each body part with its DensePose part colour,
 which is side-specific, so a mirrored image shows the left arm in the right arm's colour and flips
-teach contradictory cues (real images have no such code; ``train_regressor``'s default keeps flips).
+teach contradictory cues (real images have no such code; ``AugmentConfig()``'s default keeps flips).
+
+``--input parts`` / ``--input iuv`` probe the regressor on label maps instead of RGB: the network
+reads the rendered part (and U, V) labels of each sample (the records' ``iuv`` field, an oracle
+for the part / IUV predictor), at train and test time.
 
 ``--yaw`` restricts the people's turn about the vertical axis (default: all round, the data set's
 default). Telling front from back is the hard part at 64 px; a restricted yaw shows
@@ -35,7 +43,6 @@ what the same pipeline reaches once the orientation is not ambiguous.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -46,9 +53,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-from bodyjax import augment, body, metrics, regressor  # noqa: E402
-from bodyjax.data import synthetic  # noqa: E402
+from bodyjax import body, metrics, regressor  # noqa: E402
+from bodyjax.data import augment, synthetic  # noqa: E402
+from bodyjax.data import sample as sample_lib  # noqa: E402
+from bodyjax.data.pipeline import ArraySource  # noqa: E402
+from bodyjax.loop import epochs  # noqa: E402
 from bodyjax.rotations import (axis_angle_to_quaternion, gram_schmidt, quaternion_to_axis_angle,  # noqa: E402
                                standardize_quaternion)
 
@@ -59,7 +70,8 @@ def load_split(template, cfg, seed: int, num: int, cache=None) -> dict:
     path = None if cache is None else os.path.join(cache, f"synthetic_{cfg.image_size}px{yaw}_seed{seed}_{num}.npz")
     if path is not None and os.path.exists(path):
         with np.load(path) as f:
-            return {k: f[k] for k in f.files}
+            if set(sample_lib.sample_spec((1, 1), 1, 1)) <= set(f.files):   # else: an older record layout
+                return {k: f[k] for k in f.files}
     data = synthetic.make_split(template, cfg, seed=seed, num_samples=num)
     if path is not None:
         os.makedirs(cache, exist_ok=True)
@@ -69,9 +81,14 @@ def load_split(template, cfg, seed: int, num: int, cache=None) -> dict:
 
 def gt_params(data: dict) -> body.BodyParams:
     """The samples' ground truth as pixel-unit :class:`~bodyjax.body.BodyParams` ``(M,)``."""
-    return body.BodyParams(pose=data["gt_pose"], segment_scales=data["gt_segment_scales"],
-                           rotation=data["gt_rotation"], scale=data["gt_scale"],
-                           translation=data["gt_translation"])
+    return sample_lib.params_from_record(data, "gt")
+
+
+def training_source(data: dict) -> ArraySource:
+    """The training records joined with their targets θ_fit = the ground truth (weight 1)."""
+    arrays = dict(data, **sample_lib.params_to_record(gt_params(data), "target"))
+    arrays["target_weight"] = np.ones(len(data["image"]), np.float32)
+    return ArraySource(arrays, name="synthetic train")
 
 
 def mean_theta(params: body.BodyParams) -> body.BodyParams:
@@ -93,7 +110,8 @@ def constant_pa_mpjpe(template, params: body.BodyParams, gt_joints: np.ndarray) 
 
 def evaluate(state, template, data: dict) -> dict:
     """Test metrics of the regressor on stacked samples with ground truth."""
-    pred = regressor.predict(state, data["image"], template, batch_size=100, with_vertices=False)
+    pred = regressor.predict(state, template, images=data["image"], iuv=data["iuv"], batch_size=100,
+                             with_vertices=False)
     gt = jnp.asarray(data["gt_joints3d"])
     pa = metrics.pa_mpjpe(pred.joints, gt) * 1000.0
     mp = metrics.mpjpe(pred.joints, gt, root=0) * 1000.0
@@ -117,6 +135,8 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64, help="synthetic images and network input, px")
     parser.add_argument("--pose-head", default="quaternion", choices=regressor.POSE_HEADS)
+    parser.add_argument("--input", default="rgb", choices=regressor.INPUTS,
+                        help="network input: rgb (the paper), or the rendered parts / iuv label maps")
     parser.add_argument("--weights", type=float, nargs=3, default=(1.0, 10.0, 1.0), metavar=("ALPHA", "BETA", "GAMMA"),
                         help="eq. 13 weights of L_regress, L_dense, L_KP (the paper: 1 10 1)")
     parser.add_argument("--smooth-l1-beta", type=float, default=0.1,
@@ -130,6 +150,8 @@ def main(argv=None):
                         help="synthetic people turn by up to ±YAW degrees about the vertical (default: all round)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=None, help="directory to keep the generated data sets in (.npz)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="grain worker processes for reading and augmenting (0: in this process)")
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -140,28 +162,43 @@ def main(argv=None):
     t_data = time.perf_counter() - t_start
 
     config = regressor.cpu_config(depth=args.depth, width=args.width, image_size=args.image_size,
-                                  pose_head=args.pose_head)
-    hparams = dataclasses.replace(regressor.RegressorHParams(), learning_rate=args.lr,
+                                  pose_head=args.pose_head, input=args.input, learning_rate=args.lr,
                                   num_epochs=args.epochs, batch_size=args.batch, lr_final_fraction=args.lr_final,
                                   alpha=args.weights[0], beta=args.weights[1], gamma=args.weights[2],
                                   smooth_l1_beta=args.smooth_l1_beta)
-    aug = {"full": augment.AugmentConfig(), "none": None, "geo": augment.AugmentConfig(flip_prob=0.0),
+    aug = {"full": augment.AugmentConfig(), "none": augment.AugmentConfig(enabled=False),
+           "geo": augment.AugmentConfig(flip_prob=0.0),
            "flip": augment.AugmentConfig(scale_range=(1.0, 1.0), rotation=0.0, translate=0.0, brightness=0.0,
                                          contrast=0.0, saturation=0.0)}[args.augment]
-    print(f"config: {config}\nhparams: {hparams}\naugment: {aug}")
+    print(f"config: {config}\naugment: {aug}")
     print(f"data: {args.train} train / {args.test} test synthetic images of {args.image_size} px "
           f"({t_data:.1f} s); jax {jax.__version__}, {jax.device_count()} device(s), "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
-    state = regressor.create_state(args.seed, config, hparams)
+    state = regressor.create_state(args.seed, config)
+    source = training_source(train)
+    batch_size = min(config.batch_size, len(source)) // jax.device_count() * jax.device_count()
+    if batch_size == 0:
+        raise SystemExit(f"need at least {jax.device_count()} training images (one per device)")
+    steps = len(source) // batch_size
+    schedule = optax.cosine_decay_schedule(config.learning_rate, max(1, config.num_epochs * steps),
+                                           alpha=config.lr_final_fraction)
+    transform = augment.Augment(augment.MirrorTables.of(template), config.image_size, aug)
+
+    def batches(epoch):
+        for records in epochs.record_batches(source, batch_size, args.seed, epoch, [transform],
+                                             worker_count=args.workers):
+            yield sample_lib.to_batch(records, with_gt=False)
+
+    def step(s, batch, i):
+        return regressor.train_step(s, batch, template, learning_rate=schedule(i))
 
     def progress(epoch, m):
         print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {m['loss']:.4f}  l_regress {m['l_regress']:.4f}  "
               f"l_dense {m['l_dense']:.5f}  l_kp {m['l_kp']:.4f}  ({m['seconds']:.1f} s)", flush=True)
 
     t0 = time.perf_counter()
-    state, _ = regressor.train_regressor(state, train, gt_params(train), args.seed, template=template,
-                                         hparams=hparams, augment=aug, progress=progress)
+    state, _ = epochs.run_epochs(state, step, batches, config.num_epochs, progress)
     t_train = time.perf_counter() - t0
 
     result = evaluate(state, template, test)

@@ -388,11 +388,11 @@ def full_image_sample(record: Mapping, image: np.ndarray, max_points: Optional[i
 
 
 def make_sample(record: Mapping, image: np.ndarray, image_size=None, max_points: Optional[int] = None,
-                scale: float = 1.2, rotation: float = 0.0) -> dict:
+                context: float = 1.2, rotation: float = 0.0) -> dict:
     """One fixed-shape sample (:mod:`bodyjax.data.sample`) from a record and its full image.
 
     The image is cropped around the person box (:func:`bodyjax.data.transforms.crop_to_person`,
-    box enlarged ``scale`` times, optional ``rotation`` in degrees) to ``image_size``; dense points
+    box enlarged ``context`` times, optional ``rotation`` in degrees) to ``image_size``; dense points
     and keypoints follow, points leaving the crop are masked, ``has_gt = 0``.
 
     Args:
@@ -400,20 +400,47 @@ def make_sample(record: Mapping, image: np.ndarray, image_size=None, max_points:
       image: ``(H, W, 3)`` uint8 RGB full image.
       image_size: output ``(H, W)`` (default: the record's).
       max_points: ``N_max`` (default: the record's; None there = the record's point count).
+
+    The ``iuv`` label map holds the annotated points only (:func:`paint_points`).
     """
     size = transforms.size_hw(image_size if image_size is not None else record["image_size"])
     full = full_image_sample(record, image, max_points)
-    return transforms.crop_to_person(full, record["bbox"], size, scale=scale, rotation=rotation)
+    out = transforms.crop_to_person(full, record["bbox"], size, context=context, rotation=rotation)
+    paint_points(out, record["dense_iuv"][strided_subset(len(record["dense_iuv"]), full["dense_mask"].shape[0])])
+    return out
+
+
+def paint_points(sample: dict, point_iuv: np.ndarray) -> None:
+    """Writes the annotated points' ``(I, U, V)`` into the sample's ``iuv`` label map (in place).
+
+    DensePose-COCO labels ~100–200 points per person, not every pixel: the pixel nearest to each
+    kept point gets its part and chart coordinates; every other pixel stays unlabelled (255), so a
+    part / IUV predictor learns from these sparse labels as DensePose does.
+
+    Args:
+      sample: a sample (its ``dense_xy``/``dense_mask`` in the pixels of its ``iuv`` map).
+      point_iuv: ``(n, 3)`` ``(I, U, V)`` of the sample's first ``n`` dense points.
+    """
+    iuv = sample["iuv"]
+    h, w = iuv.shape[:2]
+    n = min(len(point_iuv), len(sample["dense_mask"]))
+    ok = sample["dense_mask"][:n] > 0
+    xy = np.rint(sample["dense_xy"][:n][ok]).astype(np.int64)
+    vals = np.asarray(point_iuv, np.float64)[:n][ok]
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+    xy, vals = xy[inside], vals[inside]
+    iuv[xy[:, 1], xy[:, 0], 0] = vals[:, 0].astype(np.uint8)
+    iuv[xy[:, 1], xy[:, 0], 1:] = np.rint(np.clip(vals[:, 1:], 0, 1) * sample_lib.UV_SCALE).astype(np.uint8)
 
 
 def load_sample(record: Mapping, image_size=None, max_points: Optional[int] = None,
-                scale: float = 1.2, rotation: float = 0.0) -> dict:
+                context: float = 1.2, rotation: float = 0.0) -> dict:
     """:func:`make_sample` with the image read from ``record['image_path']`` (:func:`read_image`)."""
-    return make_sample(record, read_image(record["image_path"]), image_size, max_points, scale, rotation)
+    return make_sample(record, read_image(record["image_path"]), image_size, max_points, context, rotation)
 
 
 def iter_samples(records: Sequence[Mapping], image_size=None, max_points: Optional[int] = None,
-                 scale: float = 1.2) -> Iterator[dict]:
+                 context: float = 1.2) -> Iterator[dict]:
     """Yields :func:`load_sample` of each record (images read one at a time)."""
     for record in records:
-        yield load_sample(record, image_size, max_points, scale)
+        yield load_sample(record, image_size, max_points, context)

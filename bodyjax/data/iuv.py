@@ -21,6 +21,8 @@ Bodies it can be built from (all give an ``(R,)`` part id and ``(R, 2)`` chart c
   ``densepose_iuv`` is set). This is the exact path: the annotations were made on that atlas. The
   table must use the same ``(U, V)`` convention as the annotations. Seam vertices that appear in
   several charts can be given as several rows with ``vertex_ids`` naming the vertex of each row.
+  DensePose's own ``UV_Processed.mat`` (:mod:`bodyjax.formats.densepose_uv`) gives exactly that:
+  :func:`IUVIndex.from_uv_table` builds one row per table entry.
 
 Invalid queries (part not an integer in 1..24, U or V outside ``[0, 1]`` or not finite, or a part
 that has no vertex in the index) either raise ``ValueError`` (``strict=True``, the default of
@@ -123,6 +125,13 @@ class IUVIndex:
         if table.ndim != 2 or table.shape[1] != 3:
             raise ValueError(f"IUVIndex: IUV table must have shape (R, 3), got {table.shape}")
         return cls(table[:, 0], table[:, 1:], vertex_ids=vertex_ids, backend=backend)
+
+    @classmethod
+    def from_uv_table(cls, table, backend: str = "auto") -> "IUVIndex":
+        """From DensePose's chart table (:class:`bodyjax.formats.densepose_uv.UVTable`), one row per
+        ENTRY (``entry_parts (E,)``, ``uv (E, 2)``, ``vertex_ids (E,)``), so seam vertices are found
+        from every chart they lie in."""
+        return cls(table.entry_parts, table.uv, vertex_ids=table.vertex_ids, backend=backend)
 
     @classmethod
     def from_body(cls, body, backend: str = "auto") -> "IUVIndex":

@@ -232,3 +232,103 @@ def load_mpii(json_path, keypoint_set: str = "coco17", one_based: bool = True,
         "keypoint_set": keypoint_set,
     }
     return out, report
+
+
+# ---------------------------------------------------------------------------------------------
+# The lifter's 2D corpus
+
+#: COCO-17 keypoint -> our joint (the 12 limb joints; COCO has no pelvis, spine, neck, collars,
+#: head joint, feet or hands with the same definition).
+COCO17_TO_JOINTS24_NAMES = {
+    "L_hip": "left_hip", "R_hip": "right_hip", "L_knee": "left_knee", "R_knee": "right_knee",
+    "L_ankle": "left_ankle", "R_ankle": "right_ankle", "L_shoulder": "left_shoulder",
+    "R_shoulder": "right_shoulder", "L_elbow": "left_elbow", "R_elbow": "right_elbow",
+    "L_wrist": "left_wrist", "R_wrist": "right_wrist",
+}
+COCO17_TO_JOINTS24 = index_table(skeletons.JOINTS24_NAMES, skeletons.COCO17_NAMES, COCO17_TO_JOINTS24_NAMES)
+_COCO_TABLES = {"coco17": np.arange(NUM_COCO_KEYPOINTS), "joints24": COCO17_TO_JOINTS24}
+
+
+_NEITHER_LAYOUT = ("neither an MPII keypoint file (a JSON list of people with image, center, scale, joints, "
+                   "joints_vis) nor a COCO keypoint file (a JSON object with a list 'annotations' of people "
+                   "with 'keypoints')")
+
+
+def keypoint_file_layout(json_path) -> str:
+    """``'mpii'`` (a JSON list) or ``'coco'`` (a JSON object), from the file's first character.
+
+    Only the first non-blank bytes are read, so a large COCO file is parsed once, by its loader.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: naming the file, when it starts with neither ``[`` nor ``{``.
+    """
+    json_path = os.fspath(json_path)
+    if not os.path.isfile(json_path):
+        raise FileNotFoundError(f"keypoint corpus file not found: {json_path}")
+    with open(json_path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head[:1] == b"[":
+        return "mpii"
+    if head[:1] == b"{":
+        return "coco"
+    raise ValueError(f"{json_path}: not a keypoint file: expected an MPII JSON list of people or a COCO "
+                     f"JSON object with 'annotations', found {head[:20]!r}")
+
+
+def load_keypoint_corpus(json_path, keypoint_set: str = "coco17", min_keypoints: int = 1) -> dict:
+    """A separate 2D keypoint corpus for the lifter (the paper's MPII) from an MPII or COCO JSON.
+
+    The layout is detected from the file (:func:`keypoint_file_layout`): a JSON list is read with
+    :func:`load_mpii` (MPII order mapped to ``keypoint_set``; joints MPII lacks get visibility 0), a
+    JSON object with :func:`load_coco_keypoints` (COCO-17; for ``'joints24'`` the 12 limb keypoints
+    fill their joints, the other joints get visibility 0). Coordinates stay in the file's pixels: the
+    lifter normalises every pose by its own root and scale.
+
+    Args:
+      json_path: the file.
+      keypoint_set: ``'coco17'`` (default) or ``'joints24'`` (also ``'mpii16'`` for an MPII file).
+      min_keypoints: people with fewer labelled keypoints (in ``keypoint_set``) are skipped.
+
+    Returns:
+      ``{'keypoints': (n, K, 2) float32, 'keypoint_visible': (n, K) float32}`` (the loop's
+      :class:`~bodyjax.loop.deform_and_learn.Data` ``corpus``).
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: naming the file: neither layout matches (the fields found are listed), an unknown
+        ``keypoint_set`` for the layout, or no usable person in it (with the loader's skip counts).
+    """
+    json_path = os.fspath(json_path)
+    layout = keypoint_file_layout(json_path)
+    if layout == "mpii":
+        if keypoint_set not in _MPII_TABLES:
+            raise ValueError(f"{json_path}: unknown keypoint set {keypoint_set!r} for an MPII file; "
+                             f"expected one of {sorted(_MPII_TABLES)}")
+        data, report = load_mpii(json_path, keypoint_set, min_keypoints=min_keypoints)
+        keypoints, visible = data["keypoints"], data["visibility"]
+    else:
+        if keypoint_set not in _COCO_TABLES:
+            raise ValueError(f"{json_path}: unknown keypoint set {keypoint_set!r} for a COCO keypoint file; "
+                             f"expected one of {sorted(_COCO_TABLES)}")
+        try:
+            data, report = load_coco_keypoints(json_path, min_keypoints=0)
+        except ValueError as e:
+            if "annotations" not in str(e):
+                raise
+            reason = str(e).replace(f"{json_path}: ", "")
+            raise ValueError(f"{json_path}: {_NEITHER_LAYOUT} ({reason})") from None
+        keypoints, visible = remap(data["keypoints"], data["visibility"], _COCO_TABLES[keypoint_set])
+        keep = visible.sum(-1) >= min_keypoints
+        if not np.all(keep):
+            report.skipped["too_few_keypoints"] += int(np.sum(~keep))
+            report.kept -= int(np.sum(~keep))
+        keypoints, visible = keypoints[keep], visible[keep]
+    if keypoints.shape[0] == 0:
+        if report.total and set(report.skipped) <= {"missing_field", "malformed"}:
+            raise ValueError(f"{json_path}: {_NEITHER_LAYOUT} (a JSON {'list' if layout == 'mpii' else 'object'} "
+                             f"whose {report.total} entries lack those fields: {report})")
+        raise ValueError(f"{json_path}: no usable person for the {keypoint_set} lifter corpus ({layout} "
+                         f"layout; {report})")
+    return {"keypoints": np.ascontiguousarray(keypoints, np.float32),
+            "keypoint_visible": np.ascontiguousarray(visible, np.float32)}

@@ -129,6 +129,67 @@ def data_source(builder, split: str, with_metadata: bool = False) -> RecordSourc
     return RecordSource(source, dtypes, keys, name=f"{builder.name}/{builder.builder_config.name}:{split}")
 
 
+class ArraySource(Sequence):
+    """Stacked in-memory records ``{key: (M, ...) array}`` as a random-access source of records.
+
+    For small data (tests, tools) and for what a run computes itself; the data sets on disk are
+    :class:`RecordSource`\ s.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], name: str = "arrays"):
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        lengths = {k: len(v) for k, v in self.arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"{name}: fields have different lengths {lengths}")
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return {k: np.array(v[int(index)]) for k, v in self.arrays.items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        return [self[i] for i in indices]
+
+    def __repr__(self) -> str:
+        return f"ArraySource({self.name!r}, {len(self)} records)"
+
+
+class JoinedSource(Sequence):
+    """A source whose record ``i`` is ``source[i]`` plus the fields ``extra[k][i]``.
+
+    The regressor's training records are the sample records joined with their targets θ_fit
+    (``target_*`` fields, :func:`bodyjax.data.sample.params_to_record`) and ``target_weight``.
+    """
+
+    def __init__(self, source, extra: Mapping[str, np.ndarray]):
+        self.source = source
+        self.extra = {k: np.asarray(v) for k, v in extra.items()}
+        for k, v in self.extra.items():
+            if len(v) != len(source):
+                raise ValueError(f"JoinedSource: field {k!r} has {len(v)} rows for {len(source)} records")
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _join(self, record: dict, i: int) -> dict:
+        record = dict(record)
+        record.update({k: np.array(v[i]) for k, v in self.extra.items()})
+        return record
+
+    def __getitem__(self, index):
+        return self._join(self.source[int(index)], int(index))
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        indices = [int(i) for i in indices]
+        records = (self.source.__getitems__(indices) if hasattr(self.source, "__getitems__")
+                   else [self.source[i] for i in indices])
+        return [self._join(r, i) for r, i in zip(records, indices)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Transforms
 

@@ -84,8 +84,14 @@ IMAGE_ENCODINGS = ("raw", "png")
 #: First stream index of the synthetic ``'test'`` split (the train split uses ``0 .. train_size-1``).
 TEST_START = 1 << 32
 #: Modules whose source code is part of the synthetic config digest (they decide the stored data).
-GENERATOR_MODULES = ("bodyjax.data.synthetic", "bodyjax.render", "bodyjax.body", "bodyjax.kinematics",
-                     "bodyjax.rotations", "bodyjax.data.sample", "bodyjax.data.tfds_builders")
+GENERATOR_MODULES = ("bodyjax.data.synthetic", "bodyjax.data.synthetic.config",
+                     "bodyjax.data.synthetic.poses", "bodyjax.data.synthetic.scene",
+                     "bodyjax.data.synthetic.surface", "bodyjax.data.synthetic.appearance",
+                     "bodyjax.data.synthetic.visibility", "bodyjax.data.synthetic.render",
+                     "bodyjax.data.synthetic.dataset", "bodyjax.data.synthetic.rotations64",
+                     "bodyjax.data.chunking", "bodyjax.render",
+                     "bodyjax.body", "bodyjax.kinematics", "bodyjax.rotations", "bodyjax.linalg",
+                     "bodyjax.data.sample", "bodyjax.data.tfds_builders")
 #: Record fields (the sample record) vs metadata fields (dropped by the pipeline unless asked for).
 RECORD_KEYS = tuple(sample_lib.sample_spec((1, 1), 1, 1))
 SYNTHETIC_METADATA = {"sample_index": np.int64}
@@ -413,7 +419,7 @@ class DensePoseCocoConfig(tfds.core.BuilderConfig):
     Attributes:
       image_size: ``(H, W)`` of the person crops.
       max_points: ``N_max`` (more points: deterministic strided subset).
-      crop_scale: the person box is enlarged this many times before cropping.
+      crop_context: the person box is enlarged this many times before cropping.
       box_frame: divisor of ``dp_x`` / ``dp_y`` (255 or 256, see :mod:`bodyjax.data.densepose_coco`).
       min_points, min_keypoints: annotations with fewer are skipped.
       splits: which of :data:`DENSEPOSE_FILES` to build.
@@ -425,7 +431,7 @@ class DensePoseCocoConfig(tfds.core.BuilderConfig):
 
     image_size: tuple = (224, 224)
     max_points: int = 200
-    crop_scale: float = 1.2
+    crop_context: float = 1.2
     box_frame: float = 255.0
     min_points: int = 1
     min_keypoints: int = 0
@@ -443,7 +449,7 @@ class DensePoseCocoConfig(tfds.core.BuilderConfig):
                 if f.name not in {g.name for g in dataclasses.fields(tfds.core.BuilderConfig)}}
 
 
-def densepose_config(image_size=224, max_points: int = 200, crop_scale: float = 1.2,
+def densepose_config(image_size=224, max_points: int = 200, crop_context: float = 1.2,
                      box_frame: float = 255.0, min_points: int = 1, min_keypoints: int = 0,
                      splits: Sequence[str] = ("train", "minival"), image_encoding: str = "raw",
                      skip_missing_images: bool = False, body_label: str = "default_template"
@@ -456,7 +462,7 @@ def densepose_config(image_size=224, max_points: int = 200, crop_scale: float = 
         raise ValueError(f"splits must be a non-empty subset of {tuple(DENSEPOSE_FILES)}, got {splits}")
     h, w = transforms.size_hw(image_size)
     config = DensePoseCocoConfig(
-        name="pending", image_size=(h, w), max_points=int(max_points), crop_scale=float(crop_scale),
+        name="pending", image_size=(h, w), max_points=int(max_points), crop_context=float(crop_context),
         box_frame=float(box_frame), min_points=int(min_points), min_keypoints=int(min_keypoints),
         splits=splits, image_encoding=image_encoding, skip_missing_images=bool(skip_missing_images),
         body=body_label)
@@ -544,7 +550,7 @@ class DensePoseCoco(tfds.core.GeneratorBasedBuilder):
         key = 0
         for record in bar:
             try:
-                sample = densepose_coco.load_sample(record, c.image_size, c.max_points, c.crop_scale)
+                sample = densepose_coco.load_sample(record, c.image_size, c.max_points, c.crop_context)
             except FileNotFoundError:
                 if not c.skip_missing_images:
                     raise

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from bodyjax import skeletons
+from bodyjax.data.sample import UNLABELLED
 
 SizeLike = Union[int, Sequence[int]]
 _MIRROR = np.array([-1.0, 1.0, 1.0])
@@ -61,18 +62,18 @@ def size_hw(out_size: SizeLike) -> tuple[int, int]:
 # Affine maps
 
 
-def crop_affine(bbox, out_size: SizeLike, scale: float = 1.2, rotation: float = 0.0) -> np.ndarray:
+def crop_affine(bbox, out_size: SizeLike, context: float = 1.2, rotation: float = 0.0) -> np.ndarray:
     """The ``(2, 3)`` affine map from the image to a person-centred crop.
 
-    The box, enlarged ``scale`` times about its centre, fits the output exactly along its tighter
-    dimension: ``k = min(W / (scale w), H / (scale h))`` (a square output gives
-    ``k = out / (scale max(w, h))``, i.e. a square crop of side ``scale max(w, h)``). The box centre
+    The box, enlarged ``context`` times about its centre, fits the output exactly along its tighter
+    dimension: ``k = min(W / (context w), H / (context h))`` (a square output gives
+    ``k = out / (context max(w, h))``, i.e. a square crop of side ``context max(w, h)``). The box centre
     goes to the crop centre ``((W - 1) / 2, (H - 1) / 2)``.
 
     Args:
       bbox: ``(4,)`` COCO box ``[x, y, w, h]`` in pixels (``w, h > 0``).
       out_size: ``H`` (square) or ``(H, W)`` of the crop.
-      scale: enlargement of the box (context around the person).
+      context: enlargement of the box (the context around the person).
       rotation: degrees, counter-clockwise on screen (see the module docstring).
 
     Returns:
@@ -81,10 +82,11 @@ def crop_affine(bbox, out_size: SizeLike, scale: float = 1.2, rotation: float = 
     x, y, bw, bh = (float(v) for v in np.asarray(bbox, np.float64).reshape(4))
     if not (np.isfinite([x, y, bw, bh]).all() and bw > 0 and bh > 0):
         raise ValueError(f"crop_affine: box must be finite with positive size, got {[x, y, bw, bh]}")
-    if not (np.isfinite(scale) and scale > 0 and np.isfinite(rotation)):
-        raise ValueError(f"crop_affine: need a finite positive scale and finite rotation, got {scale}, {rotation}")
+    if not (np.isfinite(context) and context > 0 and np.isfinite(rotation)):
+        raise ValueError(f"crop_affine: need a finite positive context and a finite rotation, got "
+                         f"context={context}, rotation={rotation}")
     h, w = size_hw(out_size)
-    k = min(w / (scale * bw), h / (scale * bh))
+    k = min(w / (context * bw), h / (context * bh))
     r = np.deg2rad(rotation)
     q = np.array([[np.cos(r), np.sin(r)], [-np.sin(r), np.cos(r)]])
     centre = np.array([x + 0.5 * bw, y + 0.5 * bh])
@@ -136,6 +138,17 @@ def inside(points, hw: tuple[int, int]) -> np.ndarray:
 # Sample-level transforms
 
 
+def params_prefixes(sample: Mapping[str, np.ndarray]) -> tuple:
+    """The body parameters a record carries: ``'gt'`` (when ``has_gt``) and ``'target'`` (θ_fit,
+    when the record was joined with the fits); each transform maps them alike."""
+    out = []
+    if "gt_pose" in sample and float(sample.get("has_gt", 0.0)) > 0:
+        out.append("gt")
+    if "target_pose" in sample:
+        out.append("target")
+    return tuple(out)
+
+
 def affine_sample(sample: Mapping[str, np.ndarray], affine: np.ndarray, out_size: SizeLike) -> dict:
     """Applies a similarity ``affine`` to every field of a sample (see the module docstring).
 
@@ -163,30 +176,36 @@ def affine_sample(sample: Mapping[str, np.ndarray], affine: np.ndarray, out_size
     out["keypoint_visible"] = vis.astype(np.float32)
     out["keypoints"] = np.where(vis[:, None], kp, 0.0).astype(np.float32)
 
-    if float(sample["has_gt"]) > 0:
-        q3 = np.eye(3)
-        q3[:2, :2] = q
-        out["gt_rotation"] = (q3 @ np.asarray(sample["gt_rotation"], np.float64)).astype(np.float32)
-        out["gt_scale"] = np.asarray(k * float(sample["gt_scale"]), np.float32)
-        t = np.asarray(sample["gt_translation"], np.float64)
-        out["gt_translation"] = apply_affine(affine, t).astype(np.float32)
+    if "iuv" in sample:
+        out["iuv"] = cv2.warpAffine(np.ascontiguousarray(sample["iuv"]), np.asarray(affine, np.float64), (w, h),
+                                    flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=(UNLABELLED,) * 3)
+    q3 = np.eye(3)
+    q3[:2, :2] = q
+    for prefix in params_prefixes(sample):
+        rot = f"{prefix}_rotation"
+        out[rot] = (q3 @ np.asarray(sample[rot], np.float64)).astype(np.float32)
+        out[f"{prefix}_scale"] = np.asarray(k * float(sample[f"{prefix}_scale"]), np.float32)
+        t = np.asarray(sample[f"{prefix}_translation"], np.float64)
+        out[f"{prefix}_translation"] = apply_affine(affine, t).astype(np.float32)
+    if "gt" in params_prefixes(sample):
         out["gt_joints3d"] = (np.asarray(sample["gt_joints3d"], np.float64) @ q3.T).astype(np.float32)
     return out
 
 
-def crop_to_person(sample_or_image, bbox, out_size: SizeLike, scale: float = 1.2,
+def crop_to_person(sample_or_image, bbox, out_size: SizeLike, context: float = 1.2,
                    rotation: float = 0.0, points: Optional[Sequence] = None):
     """Person-centred (optionally rotated) crop with ``cv2.warpAffine``.
 
     Two forms:
 
-    * ``crop_to_person(sample: dict, bbox, out_size, scale, rotation) -> dict``: the whole sample
+    * ``crop_to_person(sample: dict, bbox, out_size, context, rotation) -> dict``: the whole sample
       (image, dense points, keypoints, GT parameters) through :func:`affine_sample`;
-    * ``crop_to_person(image (H, W, C), bbox, out_size, scale, rotation, points=[p1, ...])
+    * ``crop_to_person(image (H, W, C), bbox, out_size, context, rotation, points=[p1, ...])
       -> (crop, [p1', ...], A)``: the image and any ``(..., 2)`` point arrays (float64), plus the
       ``(2, 3)`` map ``A`` (see :func:`crop_affine`).
     """
-    affine = crop_affine(bbox, out_size, scale=scale, rotation=rotation)
+    affine = crop_affine(bbox, out_size, context=context, rotation=rotation)
     if isinstance(sample_or_image, Mapping):
         if points is not None:
             raise ValueError("crop_to_person: `points` is only for the image form; a sample carries its points")
@@ -259,13 +278,23 @@ def flip_horizontal(sample: Mapping[str, np.ndarray], template,
     out["keypoints"] = np.where(vis[:, None], kp, 0.0).astype(np.float32)
     out["keypoint_visible"] = vis.astype(np.float32)
 
-    if float(sample["has_gt"]) > 0:
-        pose, ss, rot, t, j3d = flip_gt(sample["gt_pose"], sample["gt_segment_scales"],
-                                        sample["gt_rotation"], sample["gt_translation"],
-                                        sample["gt_joints3d"], template.joint_mirror, width)
-        out["gt_pose"] = pose.astype(np.float32)
-        out["gt_segment_scales"] = ss.astype(np.float32)
-        out["gt_rotation"] = rot.astype(np.float32)
-        out["gt_translation"] = t.astype(np.float32)
-        out["gt_joints3d"] = j3d.astype(np.float32)
+    if "iuv" in sample:
+        iuv = np.ascontiguousarray(np.asarray(sample["iuv"])[:, ::-1])
+        part_mirror = np.asarray(template.part_mirror, np.int64)
+        part = iuv[..., 0].astype(np.int64)
+        labelled = part < len(part_mirror)
+        iuv[..., 0] = np.where(labelled, part_mirror[np.where(labelled, part, 0)], UNLABELLED)
+        iuv[..., 1:] = UNLABELLED   # the charts' U, V do not mirror onto the other side's charts
+        out["iuv"] = iuv.astype(np.uint8)
+    for prefix in params_prefixes(sample):
+        joints3d = sample["gt_joints3d"] if prefix == "gt" else np.zeros((len(template.joint_mirror), 3))
+        pose, ss, rot, t, j3d = flip_gt(sample[f"{prefix}_pose"], sample[f"{prefix}_segment_scales"],
+                                        sample[f"{prefix}_rotation"], sample[f"{prefix}_translation"],
+                                        joints3d, template.joint_mirror, width)
+        out[f"{prefix}_pose"] = pose.astype(np.float32)
+        out[f"{prefix}_segment_scales"] = ss.astype(np.float32)
+        out[f"{prefix}_rotation"] = rot.astype(np.float32)
+        out[f"{prefix}_translation"] = t.astype(np.float32)
+        if prefix == "gt":
+            out["gt_joints3d"] = j3d.astype(np.float32)
     return out

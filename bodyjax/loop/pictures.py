@@ -1,4 +1,7 @@
-"""Pictures and mesh export of the experiments: overlays, front/side views, error plots, OBJ."""
+"""Pictures and mesh export of the experiments: overlays, front/side views, error plots, OBJ.
+
+Layer: orchestration.
+"""
 from __future__ import annotations
 
 import os
@@ -68,8 +71,10 @@ def grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
 
 def error_plot(history: Sequence[Mapping[str, float]], path: str,
                keys=("regressor/test_mpjpe", "regressor/test_pa_mpjpe", "registration/train_mpjpe",
-                     "registration/train_pa_mpjpe")) -> None:
-    """The error-per-round plot of the paper's Fig. 2 (test/train joint errors in mm)."""
+                     "registration/train_pa_mpjpe", "baseline/mean_fit_pa_mpjpe",
+                     "baseline/flat_lifter_pa_mpjpe")) -> None:
+    """The error-per-round plot of the paper's Fig. 2 (test/train joint errors in mm), with the
+    baselines (dashed): the mean of the training fits as a constant prediction, the flat lifter."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,7 +85,8 @@ def error_plot(history: Sequence[Mapping[str, float]], path: str,
     for key in keys:
         vals = [h.get(key, np.nan) for h in history]
         if not np.all(np.isnan(vals)):
-            ax.plot(rounds, vals, marker="o", label=key.replace("/", ": ").replace("_", " "))
+            ax.plot(rounds, vals, marker="o", linestyle="--" if key.startswith("baseline") else "-",
+                    label=key.replace("/", ": ").replace("_", " "))
     ax.set_xlabel("round")
     ax.set_ylabel("error (mm)")
     ax.set_xticks(rounds)

@@ -1,0 +1,666 @@
+"""The deform-and-learn iteration (paper Fig. 2, appendix Fig. 1 and section 1) as explicit state.
+
+Layer: orchestration. One round is five stages, each a function of the previous :class:`LoopState`
+that returns the next:
+
+0. ``dense``: (extension, when the regressor reads part or IUV maps) trains the part / IUV
+   predictor (:mod:`bodyjax.iuv_net`) on the training images' per-pixel 2D labels, in round 1;
+1. ``lifter``: trains (refreshes) the multi-view cGAN on the 2D keypoints (the training images',
+   and/or a separate 2D corpus as the paper's MPII); from the second round on, also on the fits' 3D
+   keypoints (eq. 5 with μ from 100 to 1);
+2. ``registration``: fits the body to every training image (eq. 7–12) with the lifter's depths as
+   z^GAN; round 1 starts stiff from the T-pose, later rounds from the regressor's predictions. With
+   ``keep_best_fits`` (SPIN's fits dictionary, an extension) a new fit replaces the stored one only
+   when its image terms (:func:`bodyjax.registration.data_objective`) are lower;
+3. ``regressor``: trains the ConvNet on the fits (eq. 13), continuing from its previous weights,
+   on augmented batches streamed from the training split;
+4. ``evaluate``: the fits' error on the training split, the regressor's on the test split, the
+   lifter's, and the baselines (the mean of the training fits as a constant prediction; the flat
+   depth lifter), against the ground truth when the data has it (never used for training).
+
+Nothing is hidden in globals: the state carries the round and stage counters, the PRNG key, the
+networks and the fits, so the experiment checkpoints it after every stage and resumes exactly. A
+stage's randomness is ``fold_in(fold_in(rng, round), stage)``: a resumed run is identical to an
+uninterrupted one.
+
+The training images are never held in memory: every stage streams its split (:class:`Data`) in
+chunks or grain batches, so memory does not grow with the data set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bodyjax import body, iuv_net, lifter, metrics, registration, regressor, skeletons
+from bodyjax.batch import Batch
+from bodyjax.data import augment, sample
+from bodyjax.loop import epochs
+
+Array = jnp.ndarray
+STAGES = ("dense", "lifter", "registration", "regressor", "evaluate")
+#: Record fields without the pixels (what the registration and the lifter read).
+POINT_KEYS = ("dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible")
+GT_KEYS = ("has_gt", "gt_pose", "gt_segment_scales", "gt_rotation", "gt_scale", "gt_translation",
+           "gt_joints3d")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Everything static about a run; each algorithm's part maps straight onto its dataclass.
+
+    Attributes:
+      lifter, registration_first, registration, regressor, augment, iuv_net: the algorithms'
+        configurations (round 1's registration is stiff, see 5.1).
+      image_size: side of the data's square images, pixels.
+      keypoint_set: the keypoint set of the data, the lifter and eq. 9.
+      registration_chunk: images per jitted registration call (one compiled shape).
+      use_lifter_depths: feed the lifter's depths as z^GAN of eq. 9.
+      lifter_visibility: ``'labelled'`` (COCO convention: the body keypoints count as labelled even
+        when occluded; the face only when seen) or ``'record'`` (the record's visibility).
+      lifter_keypoints: ``'images'`` (the training images' 2D keypoints), ``'corpus'`` (a separate
+        2D corpus, as the paper's MPII) or ``'both'``.
+      skip_flagged_fits: flagged fits get no regression target (weight 0).
+      keep_best_fits: SPIN's fits dictionary (extension): keep the fit with the lower image terms.
+      first_round_relax_steps: (extension) after round 1's stiff fit from the T-pose, this many
+        steps with the later rounds' weights from it (0: the paper's round 1).
+      regressor_maps: for the ``'parts'`` / ``'iuv'`` regressor, the training input maps:
+        ``'labels'`` (the rendered / annotated labels) or ``'predicted'`` (the part / IUV
+        predictor's); test-time inputs are always predicted.
+      workers: grain worker processes for the streamed batches (0: in this process).
+      shard_by_process: give each JAX process its share of the records (multi-host).
+      chunk: images per jitted inference call (prediction, evaluation).
+    """
+
+    lifter: lifter.LifterConfig
+    registration_first: registration.RegistrationConfig
+    registration: registration.RegistrationConfig
+    regressor: regressor.RegressorConfig
+    augment: augment.AugmentConfig
+    iuv_net: iuv_net.IUVNetConfig
+    image_size: int
+    keypoint_set: str = "coco17"
+    registration_chunk: int = 200
+    use_lifter_depths: bool = True
+    lifter_visibility: str = "labelled"
+    lifter_keypoints: str = "images"
+    skip_flagged_fits: bool = True
+    keep_best_fits: bool = False
+    first_round_relax_steps: int = 0
+    regressor_maps: str = "labels"
+    workers: int = 0
+    shard_by_process: bool = False
+    chunk: int = 64
+
+    @property
+    def uses_maps(self) -> bool:
+        """Whether the regressor reads part / IUV maps (the two-stage design) instead of RGB."""
+        return self.regressor.input != "rgb"
+
+
+class Data(NamedTuple):
+    """The splits a run reads (random-access sources of sample records, streamed).
+
+    Attributes:
+      train: the training split (:func:`bodyjax.data.pipeline.data_source` or an ``ArraySource``).
+      test: the test split.
+      corpus: optional ``{'keypoints' (C, K, 2), 'keypoint_visible' (C, K)}``: a separate 2D
+        keypoint corpus for the lifter (small arrays, in memory).
+    """
+
+    train: Any
+    test: Any
+    corpus: Optional[Mapping[str, np.ndarray]] = None
+
+
+@flax.struct.dataclass
+class LoopState:
+    """The whole state of a deform-and-learn run between two stages.
+
+    Attributes:
+      round: ``()`` int32, 0-based index of the current round.
+      stage: ``()`` int32, number of stages of the current round already done (0..5).
+      rng: the run's PRNG key.
+      lifter: :class:`bodyjax.lifter.LifterState`.
+      regressor: :class:`bodyjax.regressor.RegressorState`.
+      iuv_net: :class:`bodyjax.iuv_net.IUVNetState` (two-stage regressor), or ``None``.
+      fits: pixel-unit :class:`~bodyjax.body.BodyParams` ``(M,)``: the fits (the dictionary with
+        ``keep_best_fits``); the rest pose before the first registration.
+      fit_flagged: ``(M,)`` bool, fits the registration did not trust.
+      has_fits: ``()`` bool, whether a registration has run.
+    """
+
+    round: Array
+    stage: Array
+    rng: Array
+    lifter: lifter.LifterState
+    regressor: regressor.RegressorState
+    iuv_net: Optional[iuv_net.IUVNetState]
+    fits: body.BodyParams
+    fit_flagged: Array
+    has_fits: Array
+
+
+def mean_bone_ratios(template: body.BodyTemplate, keypoint_set: str) -> Array:
+    """Bone-length ratios of the template's rest skeleton: the average skeleton of eq. (3)."""
+    rest = jax.jit(body.forward)(template, body.rest_params(template))
+    return skeletons.bone_ratios(rest.keypoints, skeletons.get_keypoint_set(keypoint_set))
+
+
+def init_state(seed: int, template: body.BodyTemplate, num_train: int, config: LoopConfig) -> LoopState:
+    """A fresh run: untrained networks (the regressor's backbone read from ``config.regressor.pretrained``
+    when set, :func:`with_pretrained_backbone`), no fits, round 0 stage 0."""
+    rng = jax.random.PRNGKey(seed)
+    k_lift, k_reg = jax.random.split(jax.random.fold_in(rng, 10_000))
+    k_dense = jax.random.fold_in(rng, 10_001)
+    return LoopState(
+        round=jnp.asarray(0, jnp.int32), stage=jnp.asarray(0, jnp.int32), rng=rng,
+        lifter=lifter.create_state(k_lift, config.keypoint_set,
+                                   mean_bone_ratios(template, config.keypoint_set), config.lifter),
+        regressor=with_pretrained_backbone(regressor.create_state(k_reg, config.regressor), config.regressor),
+        iuv_net=iuv_net.create_state(k_dense, config.iuv_net) if config.uses_maps else None,
+        fits=body.rest_params(template, (num_train,)),
+        fit_flagged=jnp.zeros((num_train,), bool), has_fits=jnp.asarray(False))
+
+
+def with_pretrained_backbone(state: regressor.RegressorState,
+                             config: regressor.RegressorConfig) -> regressor.RegressorState:
+    """The regressor with ``config.pretrained`` (torchvision-layout ResNet weights) in its backbone.
+
+    No-op without a path. The head stays, Adam restarts (:func:`bodyjax.pretrained.load_pretrained_backbone`).
+
+    Raises:
+      FileNotFoundError: naming ``config.regressor.pretrained`` and the file, when it does not exist.
+      ValueError: naming both, when the file cannot be read or its layout does not match the
+        configured ResNet (depth, width, input channels).
+    """
+    path = config.pretrained
+    if not path:
+        return state
+    from bodyjax import pretrained  # noqa: PLC0415
+
+    if not os.path.isfile(os.path.expanduser(path)):
+        raise FileNotFoundError(f"config.regressor.pretrained: weight file not found: {path}")
+    try:
+        weights = pretrained.load_state_dict(os.path.expanduser(path))
+    except Exception as e:  # noqa: BLE001 - re-raised with the field and the file named
+        raise ValueError(f"config.regressor.pretrained: cannot read {path} ({type(e).__name__}: {e})") from e
+    try:
+        state, _ = pretrained.load_pretrained_backbone(state, weights)
+    except (ValueError, KeyError) as e:
+        from bodyjax.regressor import input_channels  # noqa: PLC0415
+
+        raise ValueError(f"config.regressor.pretrained: {path} does not match the configured ResNet{config.depth} "
+                         f"(width {config.width}, {input_channels(config.input)} input channels for "
+                         f"input {config.input!r}): {e}") from e
+    return state
+
+
+def stage_rng(state: LoopState) -> Array:
+    """The PRNG key of the state's current stage."""
+    return jax.random.fold_in(jax.random.fold_in(state.rng, state.round), state.stage)
+
+
+def stage_seed(state: LoopState) -> int:
+    """The integer seed of the state's current stage (host-side randomness, see :mod:`~bodyjax.loop.epochs`)."""
+    return int(jax.random.randint(stage_rng(state), (), 0, 2 ** 31 - 1))
+
+
+def _advance(state: LoopState, **changes) -> LoopState:
+    stage = int(state.stage) + 1
+    if stage == len(STAGES):
+        return state.replace(round=state.round + 1, stage=jnp.asarray(0, jnp.int32), **changes)
+    return state.replace(stage=jnp.asarray(stage, jnp.int32), **changes)
+
+
+def _schedule(learning_rate: float, final_fraction: float, total_steps: int):
+    """The round's learning rate as an optax schedule (constant, or cosine-decayed to a fraction)."""
+    if final_fraction == 1.0:
+        return optax.constant_schedule(learning_rate)
+    return optax.cosine_decay_schedule(learning_rate, max(total_steps - 1, 1), alpha=final_fraction)
+
+
+def _points_batch(records: Mapping[str, np.ndarray]) -> Batch:
+    return sample.to_batch({k: records[k] for k in POINT_KEYS}, with_image=False, with_gt=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 0: the part / IUV predictor (two-stage regressor only)
+
+
+def dense_stage(state: LoopState, template, data: Data, config: LoopConfig, progress=None):
+    """Trains the part / IUV predictor on the training images' 2D labels (round 1 only)."""
+    if not config.uses_maps or int(state.round) > 0 or config.iuv_net.num_epochs == 0:
+        return _advance(state), {}
+    cfg = config.iuv_net
+    seed = stage_seed(state)
+    mirror = augment.MirrorTables.of(template)
+    transform = augment.Augment(mirror, cfg.image_size, config.augment)
+    keys = ("image", "iuv") + POINT_KEYS + ("has_gt",)
+    source = _Select(data.train, keys)
+    bs = min(cfg.batch_size, len(source))
+    steps = len(source) // bs
+    schedule = _schedule(cfg.learning_rate, cfg.lr_final_fraction, cfg.num_epochs * steps)
+
+    def batches(epoch):
+        for records in epochs.record_batches(source, bs, seed, epoch, [transform],
+                                             worker_count=config.workers,
+                                             shard_by_process=config.shard_by_process):
+            yield sample.to_batch(records, with_gt=False)
+
+    def step(s, batch, i):
+        return iuv_net.train_step(s, batch, schedule(i))
+
+    new, history = epochs.run_epochs(state.iuv_net, step, batches, cfg.num_epochs, progress)
+    last = {f"dense/{k}": v[-1] for k, v in history.items() if k != "seconds"}
+    return _advance(state, iuv_net=new), last
+
+
+class _Select:
+    """A view of a source that reads only some fields of each record."""
+
+    def __init__(self, source, keys: Sequence[str]):
+        self.source, self.keys = source, tuple(keys)
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        r = self.source[int(i)]
+        return {k: r[k] for k in self.keys if k in r}
+
+    def __getitems__(self, indices):
+        rs = (self.source.__getitems__(list(indices)) if hasattr(self.source, "__getitems__")
+              else [self.source[int(i)] for i in indices])
+        return [{k: r[k] for k in self.keys if k in r} for r in rs]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: the lifter
+
+
+def lifter_visibility(keypoint_visible: np.ndarray, config: LoopConfig) -> np.ndarray:
+    """The keypoint mask the lifter sees, ``(M, K)``.
+
+    ``'labelled'`` (default) follows the COCO convention that the body keypoints are labelled even
+    when occluded (their positions are in the record): with the strict occlusion flag the
+    discriminator could tell rotated fakes from real poses by the pattern of missing keypoints
+    alone. ``'record'`` uses ``keypoint_visible`` as it is.
+    """
+    vis = np.array(keypoint_visible, np.float32)
+    if config.lifter_visibility == "labelled" and config.keypoint_set == "coco17":
+        vis[:, 5:] = 1.0  # shoulders .. ankles
+    elif config.lifter_visibility == "labelled":
+        vis[:] = 1.0
+    elif config.lifter_visibility != "record":
+        raise ValueError(f"LoopConfig.lifter_visibility must be 'labelled' or 'record', got "
+                         f"{config.lifter_visibility!r}")
+    return vis
+
+
+def fit_keypoints3d(template: body.BodyTemplate, fits: body.BodyParams) -> np.ndarray:
+    """The fits' 3D keypoints in the lifter's pixel units ``(x_img, y_img, s·z)``, ``(M, K, 3)``."""
+    out = jax.jit(body.forward_subset)(template, fits, jnp.zeros((fits.scale.shape[0], 1), jnp.int32))
+    return np.asarray(jnp.concatenate([out.keypoints2d, out.keypoints[..., 2:] * fits.scale[:, None, None]], -1))
+
+
+def train_keypoints(data: Data) -> dict:
+    """The training split's 2D keypoints and visibility (small arrays, read without the pixels)."""
+    return epochs.read(_Select(data.train, ("keypoints", "keypoint_visible")), np.arange(len(data.train)))
+
+
+def lifter_stage(state: LoopState, template, data: Data, config: LoopConfig, progress=None):
+    """Stage 1: trains the lifter; returns ``(state, metrics)``."""
+    kp = train_keypoints(data)
+    arrays = {"keypoints": kp["keypoints"], "keypoint_visible": lifter_visibility(kp["keypoint_visible"], config)}
+    with_targets = bool(state.has_fits)
+    if with_targets:
+        arrays["target_keypoints3d"] = fit_keypoints3d(template, state.fits).astype(np.float32)
+        arrays["target_keypoints3d_mask"] = (~np.asarray(state.fit_flagged)).astype(np.float32)
+    if config.lifter_keypoints in ("corpus", "both"):
+        if data.corpus is None:
+            raise ValueError("LoopConfig.lifter_keypoints asks for a 2D corpus but the data has none "
+                             "(config.data.lifter_corpus)")
+        c = len(data.corpus["keypoints"])
+        corpus = {"keypoints": np.asarray(data.corpus["keypoints"], np.float32),
+                  "keypoint_visible": np.asarray(data.corpus["keypoint_visible"], np.float32)}
+        if with_targets:
+            corpus["target_keypoints3d"] = np.zeros((c,) + arrays["target_keypoints3d"].shape[1:], np.float32)
+            corpus["target_keypoints3d_mask"] = np.zeros((c,), np.float32)
+        if config.lifter_keypoints == "corpus" and not with_targets:
+            arrays = corpus
+        else:
+            arrays = {k: np.concatenate([arrays[k], corpus[k]]) for k in arrays}
+    elif config.lifter_keypoints != "images":
+        raise ValueError(f"LoopConfig.lifter_keypoints must be 'images', 'corpus' or 'both', got "
+                         f"{config.lifter_keypoints!r}")
+    cfg = config.lifter
+    n = len(arrays["keypoints"])
+    bs = max(1, min(cfg.batch_size, n))
+    total = cfg.num_epochs * (n // bs)
+    seed = stage_seed(state)
+    key = stage_rng(state)
+    no_dense = np.zeros((bs, 0, 2), np.float32)
+
+    def batches(epoch):
+        for b in epochs.array_batches(arrays, bs, seed, epoch):
+            yield Batch(dense_xy=no_dense, dense_vertex=np.zeros((bs, 0), np.int32),
+                        dense_mask=np.zeros((bs, 0), np.float32), keypoints=b["keypoints"],
+                        keypoint_visible=b["keypoint_visible"],
+                        target_keypoints3d=b.get("target_keypoints3d"),
+                        target_keypoints3d_mask=b.get("target_keypoints3d_mask"))
+
+    def step(s, batch, i):
+        mu = (lifter.joint_weight_schedule(i, total, cfg.mu_start, cfg.mu_end, cfg.mu_schedule)
+              if with_targets else 0.0)
+        return lifter.train_step(s, batch, jax.random.fold_in(key, i), mu)
+
+    new, history = epochs.run_epochs(state.lifter, step, batches, cfg.num_epochs, progress)
+    last = {f"lifter/{k}": v[-1] for k, v in history.items() if k != "seconds"}
+    last["lifter/poses"] = n
+    return _advance(state, lifter=new), last
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: the registration
+
+
+def network_maps(state: LoopState, records: Mapping[str, np.ndarray], config: LoopConfig,
+                 predicted: bool) -> Optional[np.ndarray]:
+    """The regressor's input maps of some records: the predictor's, or the labels (``None`` for RGB)."""
+    if not config.uses_maps:
+        return None
+    if predicted:
+        return np.asarray(iuv_net.predict(state.iuv_net, records["image"], config.chunk))
+    return np.asarray(records["iuv"])
+
+
+def predict_records(state: LoopState, template, records: Mapping[str, np.ndarray], config: LoopConfig,
+                    predicted_maps: bool = True, with_vertices: bool = False) -> regressor.Prediction:
+    """The regressor's prediction for stacked records (their images or maps)."""
+    maps = network_maps(state, records, config, predicted_maps)
+    return regressor.predict(state.regressor, template, images=records["image"], iuv=maps,
+                             batch_size=config.chunk, with_vertices=with_vertices)
+
+
+def registration_stage(state: LoopState, template, data: Data, config: LoopConfig, progress=None):
+    """Stage 2: registers every training image; returns ``(state, metrics)``."""
+    size = (config.image_size, config.image_size)
+    later = bool(state.has_fits)
+    reg_config = config.registration if later else config.registration_first
+    m = len(data.train)
+    keys = POINT_KEYS + (("image", "iuv") if later else ())
+    fits, reports, objectives = [], [], []
+    for idx, records in epochs.chunks(_Select(data.train, keys), config.registration_chunk):
+        batch = _points_batch(records)
+        if config.use_lifter_depths:
+            vis = lifter_visibility(records["keypoint_visible"], config)
+            batch = batch.replace(keypoint_depth=lifter.predict_depths(state.lifter, records["keypoints"], vis),
+                                  keypoint_depth_mask=vis)
+        init = predict_records(state, template, records, config).params if later else None
+        p, r = registration.register(template, batch, init, reg_config, size)
+        if not later and config.first_round_relax_steps > 0:
+            # EXTENSION: round 1 continues from its stiff fit with the later rounds' weights.
+            relaxed = dataclasses.replace(config.registration, num_steps=config.first_round_relax_steps)
+            p, r = registration.register(template, batch, p, relaxed, size)
+        n = len(idx)
+        if config.keep_best_fits and later:
+            old = _pad_index(state.fits, idx, len(records["keypoints"]))
+            objective = lambda params: np.asarray(registration.data_objective(  # noqa: E731
+                template, batch, params, config.registration, size))[:n]
+            objectives.append((objective(p), objective(old)))
+        fits.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], p))
+        reports.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], r))
+        if progress:
+            progress(idx[-1] + 1, m)
+    fits = epochs.concatenate(fits)
+    report = epochs.concatenate(reports)
+    flagged = np.asarray(report.flagged)
+    stats = {
+        "registration/loss": float(np.mean(report.loss)),
+        "registration/dense_residual_px": float(np.mean(report.dense_residual_px)),
+        "registration/keypoint_residual_px": float(np.mean(report.keypoint_residual_px)),
+        "registration/flagged_fraction": float(np.mean(report.flagged)),
+        "registration/diverged": int(np.sum(report.diverged)),
+    }
+    if objectives:
+        fits, flagged, replace = keep_best(
+            jax.tree_util.tree_map(np.asarray, state.fits), np.concatenate([o[1] for o in objectives]),
+            np.asarray(state.fit_flagged), fits, np.concatenate([o[0] for o in objectives]), flagged)
+        stats["registration/replaced"] = int(np.sum(replace))
+        stats["registration/replaced_fraction"] = float(np.mean(replace))
+    else:
+        stats["registration/replaced"] = m
+        stats["registration/replaced_fraction"] = 1.0
+    fits = jax.tree_util.tree_map(jnp.asarray, fits)
+    return _advance(state, fits=fits, fit_flagged=jnp.asarray(flagged), has_fits=jnp.asarray(True)), stats
+
+
+def keep_best(old: body.BodyParams, old_objective: np.ndarray, old_flagged: np.ndarray,
+              new: body.BodyParams, new_objective: np.ndarray, new_flagged: np.ndarray):
+    """SPIN's fits dictionary: per image, the new fit replaces the stored one only when it is better.
+
+    The stored fit stays when it is trusted and the new one is flagged or has image terms no lower
+    (``new_objective >= old_objective``); a flagged stored fit is always replaced.
+
+    Args:
+      old, new: :class:`~bodyjax.body.BodyParams` ``(M,)`` (NumPy).
+      old_objective, new_objective: ``(M,)`` :func:`bodyjax.registration.data_objective` of each on
+        the same images with the same weights.
+      old_flagged, new_flagged: ``(M,)`` bool.
+
+    Returns:
+      ``(fits, flagged, replaced)``: the kept fits, their flags and the ``(M,)`` bool replacement mask.
+    """
+    replace = ~(~old_flagged & (new_flagged | (new_objective >= old_objective)))
+    fits = jax.tree_util.tree_map(
+        lambda n, o: np.where(replace.reshape((-1,) + (1,) * (np.ndim(n) - 1)), n, o), new, old)
+    return fits, np.where(replace, new_flagged, old_flagged), replace
+
+
+def _pad_index(params: body.BodyParams, idx: np.ndarray, size: int) -> body.BodyParams:
+    """The rows ``idx`` of ``params``, padded by wrapping to ``size`` rows (the chunk's shape)."""
+    full = np.concatenate([idx, idx[np.arange(size - len(idx)) % len(idx)]]) if size > len(idx) else idx
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[full], params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 3: the regressor
+
+
+def regressor_source(data: Data, state: LoopState, config: LoopConfig):
+    """The training records joined with their targets θ_fit and weights (the regressor's source)."""
+    weight = (~np.asarray(state.fit_flagged)).astype(np.float32) if config.skip_flagged_fits \
+        else np.ones(len(data.train), np.float32)
+    extra = sample.params_to_record(jax.tree_util.tree_map(np.asarray, state.fits), "target")
+    extra["target_weight"] = weight
+    from bodyjax.data import pipeline  # noqa: PLC0415
+
+    keys = ("image", "iuv", "has_gt") + POINT_KEYS
+    return pipeline.JoinedSource(_Select(data.train, keys), extra)
+
+
+def regressor_stage(state: LoopState, template, data: Data, config: LoopConfig, progress=None):
+    """Stage 3: trains the regressor on the fits (flagged fits get no regression target)."""
+    cfg = config.regressor
+    source = regressor_source(data, state, config)
+    mesh = regressor.make_mesh()
+    bs = min(cfg.batch_size, len(source)) // mesh.size * mesh.size
+    if bs == 0:
+        raise ValueError(f"the regressor needs at least {mesh.size} training images (one per device)")
+    steps = len(source) // bs
+    schedule = _schedule(cfg.learning_rate, cfg.lr_final_fraction, cfg.num_epochs * steps)
+    seed = stage_seed(state)
+    mirror = augment.MirrorTables.of(template)
+    transform = augment.Augment(mirror, cfg.image_size, config.augment)
+    predicted = config.uses_maps and config.regressor_maps == "predicted"
+
+    def batches(epoch):
+        for records in epochs.record_batches(source, bs, seed, epoch, [transform],
+                                             worker_count=config.workers,
+                                             shard_by_process=config.shard_by_process):
+            batch = sample.to_batch(records, with_gt=False)
+            if predicted:
+                batch = batch.replace(iuv=network_maps(state, records, config, True))
+            yield batch
+
+    def step(s, batch, i):
+        return regressor.train_step(s, batch, template, schedule(i), mesh)
+
+    new, history = epochs.run_epochs(state.regressor, step, batches, cfg.num_epochs, progress)
+    last = {f"regressor/{k}": v[-1] for k, v in history.items() if k != "seconds"}
+    return _advance(state, regressor=new), last
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 4: evaluation
+
+
+def canonical_bone_sum(template: body.BodyTemplate) -> float:
+    """Bone-length sum (metres) of the average skeleton: the template's rest joints (the paper's
+    canonical skeleton for the rescaled MPJPE, after Zhou et al. 2017)."""
+    return float(metrics.bone_length_sum(template.joints, template.parents))
+
+
+def pose_metrics(pred_joints, gt_joints, parents, canonical_sum: float) -> dict:
+    """MPJPE (bone-length rescaled to the canonical skeleton, the paper's protocol), the same rescaled
+    to each target's own skeleton, root-aligned MPJPE, PA-MPJPE and PCK/AUC, all in mm (means over
+    the people)."""
+    values = _pose_metrics(jnp.asarray(pred_joints, jnp.float32), jnp.asarray(gt_joints, jnp.float32),
+                           tuple(parents), jnp.float32(canonical_sum))
+    return {k: float(v) for k, v in values.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("parents",))
+def _pose_metrics(pred_joints, gt_joints, parents, canonical_sum):
+    pred_mm = (pred_joints - pred_joints[:, :1]) * 1000.0
+    gt_mm = gt_joints * 1000.0
+    return {
+        "mpjpe": jnp.mean(metrics.mpjpe_rescaled(pred_mm, gt_mm, parents, reference=canonical_sum * 1000.0)),
+        "mpjpe_target": jnp.mean(metrics.mpjpe_rescaled(pred_mm, gt_mm, parents)),
+        "mpjpe_root": jnp.mean(metrics.mpjpe(pred_mm, gt_mm)),
+        "pa_mpjpe": jnp.mean(metrics.pa_mpjpe(pred_mm, gt_mm)),
+        "pck150": jnp.mean(metrics.pck(pred_mm, gt_mm, 150.0, align="procrustes")),
+        "auc": jnp.mean(metrics.auc(pred_mm, gt_mm, align="procrustes")),
+    }
+
+
+def mean_params(fits: body.BodyParams, weights: Optional[np.ndarray] = None) -> body.BodyParams:
+    """The constant prediction a learner without 3D supervision can build: the mean of the fits.
+
+    Per joint the normalised mean of the sign-aligned unit quaternions, the mean segment scales, the
+    chordal mean of the global rotations (projected to a rotation) and the mean ``s`` and ``t``.
+    Returns one :class:`~bodyjax.body.BodyParams` without batch axis.
+    """
+    from bodyjax.rotations import axis_angle_to_quaternion, quaternion_to_axis_angle, svd_orthogonalize  # noqa: PLC0415
+
+    w = np.ones(fits.scale.shape[0]) if weights is None else np.asarray(weights, np.float64)
+    w = w / max(w.sum(), 1e-12)
+    q = np.asarray(axis_angle_to_quaternion(jnp.asarray(fits.pose)), np.float64)   # (M, 24, 4), w >= 0
+    q = np.sum(w[:, None, None] * q, axis=0)
+    pose = np.asarray(quaternion_to_axis_angle(jnp.asarray(q, jnp.float32)))
+    from bodyjax.rotations import gram_schmidt  # noqa: PLC0415
+
+    rot = np.sum(w[:, None, None] * np.asarray(gram_schmidt(jnp.asarray(fits.rotation)), np.float64), axis=0)
+    mean = lambda a: np.tensordot(w, np.asarray(a, np.float64), axes=1).astype(np.float32)  # noqa: E731
+    return body.BodyParams(pose=pose.astype(np.float32), segment_scales=mean(fits.segment_scales),
+                           rotation=np.asarray(svd_orthogonalize(jnp.asarray(rot, jnp.float32))),
+                           scale=mean(fits.scale), translation=mean(fits.translation))
+
+
+def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, progress=None):
+    """Stage 4: errors of the fits (train), the regressor (test), the lifter (test) and the baselines."""
+    out: dict = {"round": int(state.round) + 1}
+    parents = template.parents
+    canonical = canonical_bone_sum(template)
+    train_gt = epochs.read(_Select(data.train, ("has_gt", "gt_joints3d")), np.arange(len(data.train)))
+    if np.all(train_gt["has_gt"] > 0):
+        fit_joints = epochs.map_chunks(
+            lambda p: body.forward_subset(template, body.BodyParams(**p), np.zeros((len(p["scale"]), 1), np.int32)).joints,
+            {f: np.asarray(getattr(state.fits, f)) for f in sample.PARAM_FIELDS}, config.chunk)
+        for k, v in pose_metrics(fit_joints, train_gt["gt_joints3d"], parents, canonical).items():
+            out[f"registration/train_{k}"] = v
+    preds = {"": [], "oracle_": []} if config.uses_maps else {"": []}
+    test_keys = ("image", "iuv", "keypoints", "keypoint_visible") + GT_KEYS
+    gts, kps, vis_all = [], [], []
+    for idx, records in epochs.chunks(_Select(data.test, test_keys), config.chunk):
+        n = len(idx)
+        for prefix in preds:
+            p = predict_records(state, template, records, config, predicted_maps=(prefix == ""))
+            preds[prefix].append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], (p.joints, p.keypoints2d)))
+        gts.append({k: records[k][:n] for k in GT_KEYS})
+        kps.append(records["keypoints"][:n])
+        vis_all.append(records["keypoint_visible"][:n])
+    gt = epochs.concatenate(gts)
+    kp2d, vis = np.concatenate(kps), np.concatenate(vis_all)
+    has_gt = bool(np.all(gt["has_gt"] > 0))
+    for prefix, chunks_ in preds.items():
+        joints, pred_kp = epochs.concatenate(chunks_)
+        out[f"regressor/test_{prefix}pixel_error"] = float(np.mean(metrics.pixel_error(pred_kp, kp2d, vis)))
+        if has_gt:
+            for k, v in pose_metrics(joints, gt["gt_joints3d"], parents, canonical).items():
+                out[f"regressor/test_{prefix}{k}"] = v
+    if has_gt:
+        out.update(baselines(state, template, gt, kp2d, vis, config, canonical))
+        gt_params = sample.params_from_record(gt, "gt")
+        gt_kp = np.asarray(jax.jit(body.forward_subset)(template, gt_params,
+                                                       jnp.zeros((len(kp2d), 1), jnp.int32)).keypoints)
+        lvis = lifter_visibility(vis, config)
+        lifted = lifter.lift(state.lifter, kp2d, lvis)
+        ks = skeletons.get_keypoint_set(config.keypoint_set)
+        gt_rel = (gt_kp - np.mean(gt_kp[:, np.asarray(ks.root)], 1, keepdims=True)) * 1000.0
+        out["lifter/test_pa_mpjpe"] = float(jnp.mean(metrics.pa_mpjpe(lifted, gt_rel, lvis)))
+        flat = np.asarray(lifted).copy()
+        flat[..., 2] = 0.0
+        out["baseline/flat_lifter_pa_mpjpe"] = float(jnp.mean(metrics.pa_mpjpe(flat, gt_rel, lvis)))
+    if config.uses_maps:
+        from bodyjax.iuv_net import part_iou  # noqa: PLC0415
+
+        ious = []
+        for idx, records in epochs.chunks(_Select(data.test, ("image", "iuv")), config.chunk):
+            pred_maps = network_maps(state, records, config, True)[:len(idx)]
+            ious.append(part_iou(pred_maps, records["iuv"][:len(idx)])[1])
+        out["dense/test_part_miou"] = float(np.mean(ious))
+    return _advance(state), out
+
+
+def baselines(state: LoopState, template, gt: Mapping[str, np.ndarray], kp2d, vis, config: LoopConfig,
+              canonical: float) -> dict:
+    """The constant prediction of the training fits' mean, scored on the test split."""
+    weight = (~np.asarray(state.fit_flagged)).astype(np.float64) if bool(state.has_fits) else None
+    mean = mean_params(jax.tree_util.tree_map(np.asarray, state.fits), weight)
+    m = len(kp2d)
+    tiled = jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (m,) + np.shape(a)), mean)
+    joints = np.asarray(jax.jit(body.forward_subset)(template, tiled, jnp.zeros((m, 1), jnp.int32)).joints)
+    return {f"baseline/mean_fit_{k}": v for k, v in pose_metrics(joints, gt["gt_joints3d"], template.parents,
+                                                                  canonical).items()
+            if k in ("mpjpe", "mpjpe_root", "pa_mpjpe", "pck150")}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def run_stage(state: LoopState, template, data: Data, config: LoopConfig,
+              progress: Optional[Callable] = None):
+    """Runs the state's current stage; returns ``(next_state, metrics)``."""
+    name = STAGES[int(state.stage)]
+    fn = {"dense": dense_stage, "lifter": lifter_stage, "registration": registration_stage,
+          "regressor": regressor_stage, "evaluate": evaluate_stage}[name]
+    return fn(state, template, data, config, progress)
+
+
+def run_round(state: LoopState, template, data: Data, config: LoopConfig) -> tuple[LoopState, dict]:
+    """All remaining stages of the current round; returns the next round's state and its metrics."""
+    metrics_out: dict = {}
+    current = int(state.round)
+    while int(state.round) == current:
+        state, m = run_stage(state, template, data, config)
+        metrics_out.update(m)
+    return state, metrics_out

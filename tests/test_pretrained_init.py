@@ -1,0 +1,94 @@
+"""config.regressor.pretrained: the loop's regressor starts round 1 from torchvision-layout weights."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bodyjax import body, regressor
+from bodyjax.data import sample, synthetic
+from bodyjax.loop import deform_and_learn as dnl
+from bodyjax.loop import experiment
+from configs import default
+
+SIZE = 32
+
+
+def _layout_and_weights(depth, width, seed):
+    # the torchvision state-dict layout and random weights of tests/test_regressor.py
+    from test_regressor import _random_state_dict, _torchvision_layout  # noqa: PLC0415
+
+    return _random_state_dict(_torchvision_layout(depth, width=width), seed=seed)
+
+
+def _config(path):
+    config = default.get_config("smoke")
+    config.data.image_size = SIZE
+    config.regressor.image_size = SIZE
+    config.regressor.depth = 18
+    config.regressor.width = 8
+    config.regressor.pretrained = str(path)
+    return config
+
+
+def _first_conv(reg_state, images):
+    """The backbone's first convolution output (NHWC) on ``images`` (uint8), from the network itself."""
+    x = regressor.network_input("rgb", image=images)
+    _, inter = reg_state.apply_fn({"params": reg_state.params, "batch_stats": reg_state.batch_stats}, x,
+                                  train=False, capture_intermediates=True, mutable=["intermediates"])
+    return np.asarray(inter["intermediates"]["backbone"]["conv1"]["__call__"][0])
+
+
+def test_round_one_starts_from_the_pretrained_backbone(tmp_path):
+    torch = pytest.importorskip("torch")
+    sd = _layout_and_weights(18, 8, seed=5)
+    path = tmp_path / "resnet18_w8.npz"
+    np.savez(path, **sd)
+    template = body.default_template()
+    loop = experiment.loop_config(_config(path))
+    state = dnl.init_state(0, template, 4, loop)
+
+    images = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    ours = _first_conv(state.regressor, images)
+    x = np.transpose(np.asarray(regressor.preprocess(images)), (0, 3, 1, 2))
+    with torch.no_grad():
+        ref = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(x)),
+                                         torch.from_numpy(sd["conv1.weight"]), stride=2, padding=3).numpy()
+    np.testing.assert_allclose(ours, np.transpose(ref, (0, 2, 3, 1)), rtol=1e-4, atol=1e-4)
+    kernel = np.transpose(sd["conv1.weight"], (2, 3, 1, 0))
+    np.testing.assert_array_equal(state.regressor.params["backbone"]["conv1"]["kernel"], kernel)
+    # the head is the configured one (rest-pose bias), not from the file
+    np.testing.assert_allclose(state.regressor.params["head"]["bias"],
+                               regressor.rest_head(loop.regressor.pose_head, loop.regressor.typical_scale))
+
+    # a training step starts from these weights: Adam's first step moves each weight by at most lr
+    cfg = synthetic.SyntheticConfig(image_size=SIZE, max_points=32, num_points=(16, 32))
+    records = synthetic.make_split(template, cfg, seed=1, num_samples=4)
+    records.update(sample.params_to_record(sample.params_from_record(records), "target"))
+    records["target_weight"] = np.ones(4, np.float32)
+    lr = loop.regressor.learning_rate
+    new, stats = regressor.train_step(state.regressor, sample.to_batch(records, with_gt=False), template)
+    assert np.isfinite(float(stats["loss"])) and int(new.step) == 1
+    moved = np.abs(np.asarray(new.params["backbone"]["conv1"]["kernel"]) - kernel)
+    assert 0 < moved.max() <= 1.01 * lr
+
+
+def test_pretrained_errors_name_the_field_and_the_file(tmp_path):
+    loop = experiment.loop_config(_config(""))
+    state = regressor.create_state(0, loop.regressor)
+    missing = dataclasses.replace(loop.regressor, pretrained=str(tmp_path / "nowhere.npz"))
+    with pytest.raises(FileNotFoundError, match=r"config\.regressor\.pretrained.*nowhere\.npz"):
+        dnl.with_pretrained_backbone(state, missing)
+    path = tmp_path / "resnet34.npz"
+    np.savez(path, **_layout_and_weights(34, 8, seed=1))
+    deeper = dataclasses.replace(loop.regressor, pretrained=str(path))
+    with pytest.raises(ValueError, match=r"config\.regressor\.pretrained: .*resnet34\.npz does not match the "
+                                         r"configured ResNet18 \(width 8"):
+        dnl.with_pretrained_backbone(state, deeper)
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a weight file")
+    with pytest.raises(ValueError, match=r"config\.regressor\.pretrained: cannot read .*weights\.pt"):
+        dnl.with_pretrained_backbone(state, dataclasses.replace(loop.regressor, pretrained=str(bad)))
+    # no path: unchanged
+    assert dnl.with_pretrained_backbone(state, loop.regressor) is state
