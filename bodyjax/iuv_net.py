@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Dict, Optional, Tuple
 
 import flax.linen as nn
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,7 +75,12 @@ class IUVNetConfig:
         divide ``width``.
       uv_per_part: a ``(U, V)`` head per part (see the module docstring), or one for all parts.
     Loss:
+      pretrained: a weights file of :func:`save_params` loaded before training (``''``: none);
+        :data:`PRETRAINED_64` is the one the project ships for 64-px crops.
       uv_weight: weight of the UV term against the part cross-entropy.
+      body_weight: share of the cross-entropy given to the body pixels (labelled 1..24) against
+        the background pixels (label 0): the background covers most of a crop, and a plain mean
+        over the pixels first learns to call everything background. ``None`` = the plain mean.
       uv_smooth_l1_beta: threshold of the smooth L1 of the UV term (in chart units: 0.1 is a tenth
         of a chart; quadratic below, linear above, so a few wrong pixels near a part boundary do
         not dominate).
@@ -92,10 +100,12 @@ class IUVNetConfig:
     uv_per_part: bool = True
     uv_weight: float = 1.0
     uv_smooth_l1_beta: float = 0.1
+    body_weight: Optional[float] = 0.5
     learning_rate: float = 1e-3
     lr_final_fraction: float = 1.0
     num_epochs: int = 20
     batch_size: int = 32
+    pretrained: str = ""
 
     def __post_init__(self):
         for name in ("image_size", "width", "levels", "patch", "num_epochs", "batch_size"):
@@ -115,6 +125,8 @@ class IUVNetConfig:
                 raise ValueError(f"IUVNetConfig.{name} must be a finite "
                                  f"{'non-negative' if name == 'uv_weight' else 'positive'} number, "
                                  f"got {value}")
+        if self.body_weight is not None and not 0.0 <= self.body_weight <= 1.0:
+            raise ValueError(f"IUVNetConfig.body_weight must be None or in [0, 1], got {self.body_weight}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"IUVNetConfig.lr_final_fraction must be in [0, 1], got "
                              f"{self.lr_final_fraction}")
@@ -352,6 +364,66 @@ def create_state(rng, config: IUVNetConfig = IUVNetConfig()) -> IUVNetState:
     return state.replace(step=jnp.asarray(state.step, jnp.int32))
 
 
+#: The network fields of :class:`IUVNetConfig` (what a weights file must match).
+NETWORK_FIELDS = ("image_size", "width", "levels", "patch", "norm_groups", "uv_per_part")
+#: The predictor pretrained on the 2D labels of other synthetic people (``tools/pretrain_iuv_net.py``).
+PRETRAINED_64 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "iuv_net_s64.npz")
+
+
+def save_params(path: str, state: IUVNetState, metadata: Optional[dict] = None) -> None:
+    """Writes the network's parameters and its network config to ``path`` (``.npz``).
+
+    Args:
+      path: the file.
+      state: the :class:`IUVNetState`.
+      metadata: optional JSON-able facts stored with them (how they were made, what they reach).
+    """
+    flat = flax.traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+    info = {"network": {f: getattr(state.config, f) for f in NETWORK_FIELDS}, **(metadata or {})}
+    np.savez(path, __info__=np.asarray(json.dumps(info, sort_keys=True)),
+             **{f"params/{k}": np.asarray(v) for k, v in flat.items()})
+
+
+def load_params(state: IUVNetState, path: str, field: str = "path") -> IUVNetState:
+    """``state`` with its parameters read from a file of :func:`save_params` (optimiser reset).
+
+    Args:
+      state: a state whose config's network fields match the file's.
+      path: the file.
+      field: how the caller names the path in messages (e.g. ``config.iuv_net.pretrained``).
+
+    Raises:
+      FileNotFoundError: naming ``field`` and the file.
+      ValueError: naming the file and the field when it is unreadable, was made for another
+        network, or lacks / mis-shapes a parameter.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{field}: weights file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        info = json.loads(str(arrays.pop("__info__")))
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"{field}: cannot read the part / IUV predictor weights {path} "
+                         f"({type(e).__name__}: {e})") from e
+    for name, value in info.get("network", {}).items():
+        if getattr(state.config, name) != (tuple(value) if isinstance(value, list) else value):
+            raise ValueError(f"{field}: {path} holds a network with {name}={value!r}, the config has "
+                             f"{name}={getattr(state.config, name)!r} (config.iuv_net.{name})")
+    flat = flax.traverse_util.flatten_dict(state.params, sep="/")
+    new = {}
+    for key, value in flat.items():
+        stored = arrays.get(f"params/{key}")
+        if stored is None:
+            raise ValueError(f"{field}: {path} lacks the parameter {key!r}")
+        if stored.shape != tuple(value.shape):
+            raise ValueError(f"{field}: {path}: parameter {key!r} has shape {stored.shape}, the network "
+                             f"expects {tuple(value.shape)}")
+        new[key] = jnp.asarray(stored, value.dtype)
+    params = flax.traverse_util.unflatten_dict(new, sep="/")
+    return state.replace(params=params, opt_state=state.tx.init(params))
+
+
 # ----------------------------------------------------------------------------------------------
 # Loss and metrics
 
@@ -401,7 +473,13 @@ def loss_terms(part_logits: Array, uv: Array, iuv_labels: Array,
     label_logit = jnp.sum(logits * jax.nn.one_hot(part, NUM_PART_CLASSES, dtype=logits.dtype), axis=-1)
     ce = jax.nn.logsumexp(logits, axis=-1) - label_logit
     err = losses.smooth_l1(uv.astype(jnp.float32) - target, config.uv_smooth_l1_beta)
-    part_ce = _image_mean(ce, has_part)
+    if config.body_weight is None:
+        part_ce = _image_mean(ce, has_part)
+    else:
+        # Body and background pixels weighted apart (each a mean over its own pixels).
+        body = has_part & (part >= 1)
+        part_ce = (config.body_weight * _image_mean(ce, body)
+                   + (1.0 - config.body_weight) * _image_mean(ce, has_part & (part == 0)))
     uv_loss = _image_mean(jnp.sum(err, axis=-1), has_uv)
     return part_ce + config.uv_weight * uv_loss, {"part_ce": part_ce, "uv_loss": uv_loss}
 

@@ -283,10 +283,8 @@ def _check_image_size(where: str, image_size) -> tuple[int, int]:
     return h, w
 
 
-@functools.partial(jax.jit, static_argnames=("config", "image_size"))
-def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams,
-              config: RegistrationConfig, image_size: tuple[int, int]):
-    clean, dropped = sanitize_batch(template, batch)
+def _objective_data(template, clean: Batch, config: RegistrationConfig, image_size) -> dict:
+    """The per-sample inputs of :func:`_terms` in normalised units (the matched points gathered)."""
     centre, half = camera.image_frame(image_size)
     data = {
         "dense_mask": clean.dense_mask,
@@ -301,6 +299,15 @@ def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams,
     if config.use_depth and clean.keypoint_depth is not None:
         data["keypoint_depth"] = clean.keypoint_depth / half
         data["keypoint_depth_mask"] = clean.keypoint_depth_mask
+    return data
+
+
+@functools.partial(jax.jit, static_argnames=("config", "image_size"))
+def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams,
+              config: RegistrationConfig, image_size: tuple[int, int]):
+    clean, dropped = sanitize_batch(template, batch)
+    _, half = camera.image_frame(image_size)
+    data = _objective_data(template, clean, config, image_size)
     in_axes = {k: (None if k == "adjacency" else 0) for k in data}
     def sample_loss(params, d):
         terms, _ = _terms(template, config, params, d)
@@ -361,10 +368,12 @@ def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams,
 
 def data_objective(template: body.BodyTemplate, batch: Batch, params: body.BodyParams,
                    config: RegistrationConfig, image_size) -> Array:
-    """The image terms of eq. 7 alone, ``ω_dense L_dense + ω_KP L_KP`` (2D, no depth), per sample.
+    """The data terms of eq. 7, ``ω_dense L_dense + ω_KP L_KP``, per sample (no priors).
 
-    The measure by which SPIN's fits dictionary compares two fits of the same image: it does not
-    depend on the priors or on the lifter's depths, which change from round to round.
+    The measure by which SPIN's fits dictionary compares two fits of the same image under the same
+    data: the dense correspondences, the 2D keypoints and, when the batch carries them (and
+    ``config.use_depth``), the lifter's depths z^GAN of eq. 9. The priors (eq. 10–12) are left out:
+    they are not evidence about the image.
 
     Args:
       template, batch, config, image_size: as for :func:`register`.
@@ -377,18 +386,16 @@ def data_objective(template: body.BodyTemplate, batch: Batch, params: body.BodyP
         raise ValueError(f"data_objective: batch must be a bodyjax.batch.Batch, got {type(batch).__name__}")
     batch.check("data_objective", num_keypoints=template.num_keypoints)
     body.check_params(params, "data_objective: params", template.joints.shape[0], batch_shape=(batch.size,))
-    batch = Batch(**{f: getattr(batch, f) for f in _FIELDS[:5]})
+    batch = Batch(**{f: getattr(batch, f) for f in _FIELDS})
     return _data_objective(template, batch, params, config, _check_image_size("data_objective", image_size))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "image_size"))
 def _data_objective(template, batch, params, config, image_size):
     clean, _ = sanitize_batch(template, batch)
-    centre, half = camera.image_frame(image_size)
-    p = normalize_params(params, image_size)
-    posed = body.forward_subset(template, p, clean.dense_vertex)
-    l_dense = losses.l_dense(posed.vertices2d, (clean.dense_xy - centre) / half, clean.dense_mask,
-                             config.dense_reduction)
-    l_kp = losses.l_keypoints(posed.keypoints2d, (clean.keypoints - centre) / half, clean.keypoint_visible)
-    value = config.w_dense * l_dense + config.w_kp * l_kp
+    data = _objective_data(template, clean, config, image_size)
+    in_axes = {k: (None if k == "adjacency" else 0) for k in data}
+    terms, _ = jax.vmap(functools.partial(_terms, template, config), in_axes=(0, in_axes))(
+        normalize_params(params, image_size), data)
+    value = config.w_dense * terms["l_dense"] + config.w_kp * terms["l_kp"]
     return jnp.where(jnp.isfinite(value), value, jnp.inf)

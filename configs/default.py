@@ -12,6 +12,7 @@ look), ``bench`` is the larger setting where fidelity is measured (about 45 min 
 """
 import ml_collections
 
+from bodyjax import iuv_net
 from bodyjax.loop import compilation_cache
 
 
@@ -105,6 +106,8 @@ def get_config(variant: str = ""):
     c.iuv_net.num_epochs = 20
     c.iuv_net.batch_size = 32
     c.iuv_net.learning_rate = 1e-3
+    c.iuv_net.pretrained = iuv_net.PRETRAINED_64  # pretrained on other synthetic people's 2D labels
+                                          # (tools/pretrain_iuv_net.py); '' = from scratch
 
     c.loop = ml_collections.ConfigDict()  # bodyjax.loop.deform_and_learn.LoopConfig
     c.loop.registration_chunk = 200       # images per jitted registration call (paper: 10 on a GPU)
@@ -149,6 +152,7 @@ def apply_variant(c, variant: str, where: str):
         c.regressor.num_epochs = 1
         c.regressor.batch_size = 8
         c.iuv_net.image_size = 32
+        c.iuv_net.pretrained = ""         # the shipped predictor is for 64-px crops
         c.iuv_net.num_epochs = 1
         c.iuv_net.batch_size = 8
     elif variant == "bench":

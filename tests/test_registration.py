@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bodyjax import body, losses, registration as reg
+from bodyjax import skeletons, body, losses, registration as reg
 from bodyjax.batch import Batch
 from bodyjax.data import sample, synthetic
 from bodyjax.rotations import axis_angle_to_matrix, gram_schmidt
@@ -403,10 +403,25 @@ def test_data_objective_is_the_weighted_image_terms(template, batch, init, clean
         expected = DATA_OBJ.w_dense * terms["l_dense"] + DATA_OBJ.w_kp * terms["l_kp"]
         assert got.shape == (NUM,)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
-    # It ignores the priors and the depths: a batch with lifter depths gives the same values.
-    with_depth = batch.replace(keypoint_depth=np.ones(batch.keypoint_visible.shape, np.float32),
-                               keypoint_depth_mask=batch.keypoint_visible)
-    np.testing.assert_array_equal(reg.data_objective(template, with_depth, init, DATA_OBJ, IMAGE),
+    # With the lifter's depths in the batch the depth part of eq. 9 joins (same weight ω_KP), and
+    # with use_depth=False it does not.
+    depths = np.linspace(-3.0, 3.0, batch.keypoint_visible.size, dtype=np.float32).reshape(
+        batch.keypoint_visible.shape)
+    with_depth = batch.replace(keypoint_depth=depths, keypoint_depth_mask=batch.keypoint_visible)
+    got = np.asarray(reg.data_objective(template, with_depth, init, DATA_OBJ, IMAGE))
+    _, terms, _ = objective(template, batch, init, FIT)
+    # The depth part, written out here: root-relative s·z against z^GAN, both over half the image.
+    half = max(IMAGE) / 2.0
+    posed = jax.jit(body.forward_subset)(template, jax.tree_util.tree_map(jnp.asarray, init),
+                                         jnp.zeros((NUM, 1), jnp.int32))
+    z = np.asarray(posed.keypoints[..., 2], np.float64) * np.asarray(init.scale, np.float64)[:, None] / half
+    hips = list(skeletons.get_keypoint_set(template.keypoint_set).root)
+    dz = (z - z[:, hips].mean(1, keepdims=True) - depths / half) * np.asarray(batch.keypoint_visible)
+    expected = DATA_OBJ.w_dense * terms["l_dense"] + DATA_OBJ.w_kp * (terms["l_kp"] + np.sum(dz ** 2, -1))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert np.all(got > np.asarray(reg.data_objective(template, batch, init, DATA_OBJ, IMAGE)))
+    no_depth = dataclasses.replace(DATA_OBJ, use_depth=False)
+    np.testing.assert_array_equal(reg.data_objective(template, with_depth, init, no_depth, IMAGE),
                                   reg.data_objective(template, batch, init, DATA_OBJ, IMAGE))
 
 

@@ -185,6 +185,19 @@ def parse_coco_keypoints(value, num_keypoints: int = NUM_COCO_KEYPOINTS):
     return xy.astype(np.float32), visible.astype(np.float32)
 
 
+def keypoints_or_skip(value, report: "LoadReport", min_keypoints: int = 0):
+    """:func:`parse_coco_keypoints` of an annotation's ``keypoints``, or ``None`` after counting the
+    skip in ``report`` (``bad_keypoints``, or ``too_few_keypoints`` below ``min_keypoints`` labelled)."""
+    parsed = parse_coco_keypoints(value)
+    if parsed is None:
+        report.skip("bad_keypoints")
+        return None
+    if parsed[1].sum() < min_keypoints:
+        report.skip("too_few_keypoints")
+        return None
+    return parsed
+
+
 def parse_bbox(value) -> Optional[np.ndarray]:
     """COCO ``[x, y, w, h]`` → ``(4,)`` float64, or None if not 4 finite numbers with ``w, h > 0``."""
     arr = numeric_array(value, 4)
@@ -303,12 +316,8 @@ def load_densepose_coco(json_path, image_dir, index: IUVIndex, image_size=(224, 
         if bbox is None:
             report.skip("bad_bbox")
             continue
-        kps = parse_coco_keypoints(ann["keypoints"])
+        kps = keypoints_or_skip(ann["keypoints"], report, min_keypoints)
         if kps is None:
-            report.skip("bad_keypoints")
-            continue
-        if kps[1].sum() < min_keypoints:
-            report.skip("too_few_keypoints")
             continue
         dense = _parse_dense(ann, index, float(box_frame), bbox)
         if isinstance(dense, str):

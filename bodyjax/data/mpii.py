@@ -41,7 +41,7 @@ import numpy as np
 
 from bodyjax import skeletons
 from bodyjax.data.densepose_coco import (NUM_COCO_KEYPOINTS, LoadReport, numeric_array, parse_bbox,
-                                         parse_coco_keypoints, read_json)
+                                         keypoints_or_skip, read_json)
 
 MPII16_NAMES = (
     "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "pelvis",
@@ -125,12 +125,8 @@ def load_coco_keypoints(json_path, min_keypoints: int = 1) -> tuple[dict, LoadRe
         if "keypoints" not in ann:
             report.skip("missing_field")
             continue
-        parsed = parse_coco_keypoints(ann["keypoints"])
+        parsed = keypoints_or_skip(ann["keypoints"], report, min_keypoints)
         if parsed is None:
-            report.skip("bad_keypoints")
-            continue
-        if parsed[1].sum() < min_keypoints:
-            report.skip("too_few_keypoints")
             continue
         bbox = parse_bbox(ann.get("bbox"))
         kps.append(parsed[0])

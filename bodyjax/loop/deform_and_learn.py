@@ -165,9 +165,15 @@ def init_state(seed: int, template: body.BodyTemplate, num_train: int, config: L
         lifter=lifter.create_state(k_lift, config.keypoint_set,
                                    mean_bone_ratios(template, config.keypoint_set), config.lifter),
         regressor=with_pretrained_backbone(regressor.create_state(k_reg, config.regressor), config.regressor),
-        iuv_net=iuv_net.create_state(k_dense, config.iuv_net) if config.uses_maps else None,
+        iuv_net=_pretrained_iuv_net(iuv_net.create_state(k_dense, config.iuv_net)) if config.uses_maps else None,
         fits=body.rest_params(template, (num_train,)),
         fit_flagged=jnp.zeros((num_train,), bool), has_fits=jnp.asarray(False))
+
+
+def _pretrained_iuv_net(state: iuv_net.IUVNetState) -> iuv_net.IUVNetState:
+    """The part / IUV predictor with ``config.iuv_net.pretrained`` loaded (no-op without a path)."""
+    path = os.path.expanduser(state.config.pretrained)
+    return iuv_net.load_params(state, path, "config.iuv_net.pretrained") if path else state
 
 
 def with_pretrained_backbone(state: regressor.RegressorState,

@@ -1,0 +1,96 @@
+"""Pretrains the part / IUV predictor on the 2D labels of synthetic people; writes the shipped asset.
+
+    python tools/pretrain_iuv_net.py                      # rebuilds bodyjax/assets/iuv_net_s64.npz
+    python tools/pretrain_iuv_net.py --steps 2000 --out /tmp/iuv.npz     # a quick one
+
+The first stage of the two-stage regressor (:mod:`bodyjax.iuv_net`) is what a DensePose predictor is
+for real images: a network trained on dense 2D labels (here the renderer's per-pixel part and chart
+labels; for real data DensePose-COCO's annotated points). Like an ImageNet- or DensePose-pretrained
+network it is trained once, on other people than the experiment's: the pool is the synthetic data
+set with ``--seed`` (default 7919), disjoint from the experiments' data (seed 0 in the configs: every
+person of a seed is drawn from its own random stream, see :mod:`bodyjax.data.synthetic`). It sees
+2D labels only — no 3D, no body parameters. The experiments load the asset through
+``config.iuv_net.pretrained`` and fine-tune it on their own training images' labels.
+
+The run is deterministic given its flags on a given platform (the same seed, data and order); the
+metadata stored in the file records the flags, the wall time and the held-out part mIoU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from bodyjax import body, iuv_net  # noqa: E402
+from bodyjax.data import augment, pipeline, sample, synthetic, tfds_builders  # noqa: E402
+from bodyjax.loop import epochs  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=iuv_net.PRETRAINED_64)
+    p.add_argument("--data-dir", default=os.path.expanduser("~/.cache/bodyjax/data"))
+    p.add_argument("--seed", type=int, default=7919, help="synthetic pool seed (not an experiment's)")
+    p.add_argument("--images", type=int, default=16000)
+    p.add_argument("--held-out", type=int, default=300)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=16000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr-final-fraction", type=float, default=0.05)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--eval-every", type=int, default=2000)
+    args = p.parse_args(argv)
+
+    t0 = time.time()
+    template = body.default_template()
+    cfg = synthetic.SyntheticConfig(image_size=args.image_size)
+    pool = tfds_builders.build_synthetic(args.data_dir, cfg, args.images, args.held_out, args.seed,
+                                         template=template)
+    train, held = pipeline.data_source(pool, "train"), pipeline.data_source(pool, "test")
+    held_out = epochs.read(held, np.arange(len(held)), ("image", "iuv"))
+    config = iuv_net.IUVNetConfig(image_size=args.image_size, width=args.width, learning_rate=args.lr,
+                                  batch_size=args.batch_size)
+    state = iuv_net.create_state(args.seed, config)
+    schedule = optax.cosine_decay_schedule(args.lr, args.steps, alpha=args.lr_final_fraction)
+    transform = augment.Augment(augment.MirrorTables.of(template), args.image_size,
+                                augment.AugmentConfig(flip_prob=0.0))
+    steps_per_epoch = len(train) // args.batch_size
+    num_epochs = -(-args.steps // steps_per_epoch)
+    curve = []
+
+    def batches(epoch):
+        for i, records in enumerate(epochs.record_batches(train, args.batch_size, args.seed, epoch, [transform])):
+            if epoch * steps_per_epoch + i >= args.steps:
+                return
+            yield sample.to_batch(records, with_gt=False)
+
+    def step(s, batch, i):
+        s, metrics = iuv_net.train_step(s, batch, schedule(i))
+        if (i + 1) % args.eval_every == 0 or i + 1 == args.steps:
+            miou = iuv_net.part_iou(iuv_net.predict(s, held_out["image"]), held_out["iuv"])[1]
+            curve.append((i + 1, float(miou)))
+            print(f"step {i + 1}/{args.steps}: loss {float(metrics['loss']):.3f}, held-out part mIoU "
+                  f"{miou:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        return s, metrics
+
+    state, _ = epochs.run_epochs(state, step, batches, num_epochs)
+    flags = {k: v for k, v in vars(args).items() if k not in ("out", "data_dir")}
+    info = {"tool": "tools/pretrain_iuv_net.py", "flags": flags, "held_out_part_miou": curve[-1][1],
+            "curve": curve, "wall_seconds": round(time.time() - t0), "labels": "2D only (per-pixel part, U, V)"}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    iuv_net.save_params(args.out, state, info)
+    print(f"wrote {args.out}: held-out part mIoU {curve[-1][1]:.3f} after {args.steps} steps "
+          f"({time.time() - t0:.0f} s)")
+    return info
+
+
+if __name__ == "__main__":
+    main()
