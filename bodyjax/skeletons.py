@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple, Union
 
-import jax
 import jax.numpy as jnp
 
 from bodyjax.linalg import safe_norm
@@ -46,6 +45,8 @@ from bodyjax.linalg import safe_norm
 LENGTH_EPS = 1e-12
 
 Array = jnp.ndarray
+#: A keypoint set, its name, or None (the set is then found from the keypoint count).
+KeypointSetLike = Optional[Union[str, "KeypointSet"]]
 
 COCO17_NAMES: Tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",

@@ -33,6 +33,7 @@ def get_config(variant: str = ""):
     c.body.uv_table = ""                  # 'smpl': DensePose's UV_Processed.mat (the part charts)
     c.body.pose_blend_shapes = True       # 'smpl': apply SMPL's pose blend shapes ("optionally")
     c.body.h36m_regressor = ""            # 'smpl': J_regressor_h36m.npy for Human3.6M evaluation
+    c.body.face_vertices = ""             # 'smpl': JSON of the face keypoints' vertex ids ('' = SMPL's)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"           # 'synthetic' or 'densepose_coco'
@@ -44,10 +45,11 @@ def get_config(variant: str = ""):
     c.data.max_points = 160               # ~100-200 DensePose points per person
     c.data.keypoint_set = "coco17"        # the keypoint set of eq. 9, the lifter and the regressor
     c.data.seed = 0
-    c.data.lifter_corpus = ""             # separate 2D keypoints for the lifter (the paper: MPII):
-                                          # 'synthetic' (posed bodies, no rendering), a MPII/COCO
-                                          # keypoint JSON path, or '' (none)
-    c.data.lifter_corpus_size = 20_000    # 'synthetic' corpus size (tens of thousands cost seconds)
+    c.data.lifter_corpus = "synthetic"    # separate 2D keypoints for the lifter (the paper: MPII):
+                                          # 'synthetic' (posed bodies, no rendering: the analogue of
+                                          # MPII for the synthetic set), a MPII/COCO keypoint JSON
+                                          # path, or '' (none)
+    c.data.lifter_corpus_size = 10_000    # 'synthetic' corpus size (CPU-sized; tens of thousands cost seconds)
 
     c.lifter = ml_collections.ConfigDict()   # bodyjax.lifter.LifterConfig (appendix 2 and 5.1)
     c.lifter.hidden = 256                 # CPU-sized (paper-size default 1024)
@@ -57,7 +59,7 @@ def get_config(variant: str = ""):
     c.lifter.mu_end = 1.0                 # ... to 1
     c.lifter.angles_deg = (45.0, 60.0, 90.0, 135.0, 180.0, 235.0, 270.0)  # φ of eq. 1
     c.lifter.learning_rate = 1e-3         # CPU-sized short training (paper, 5.1: 2e-4)
-    c.lifter.num_epochs = 20              # CPU-sized (paper: 50 per round)
+    c.lifter.num_epochs = 8               # CPU-sized (paper: 50 per round), over corpus + images
     c.lifter.batch_size = 128             # CPU-sized (paper: 1024)
     c.lifter.knee_weight = 1.0            # EXTENSION (not in the paper): knee-direction prior that breaks
                                           # eq. 1-4's exact depth-mirror ambiguity (bodyjax.losses.l_knee)
@@ -85,7 +87,9 @@ def get_config(variant: str = ""):
     c.regressor.depth = 18                # CPU-sized (paper: ResNet50)
     c.regressor.width = 32                # CPU-sized (standard 64)
     c.regressor.image_size = 64           # CPU-sized (paper: 224)
-    c.regressor.input = "rgb"             # 'rgb' (the paper); EXTENSIONS: 'parts', 'iuv' (two-stage)
+    c.regressor.input = "iuv"             # EXTENSION (two-stage, as Neural Body Fitting): the regressor
+                                          # reads the IUV map predicted from the image ('rgb' = the
+                                          # paper; 'parts' = NBF's part map)
     c.regressor.pose_head = "quaternion"  # 132 outputs; 'rot6d' (SPIN) or 'matrix_svd' (NBF)
     c.regressor.learning_rate = 1e-3      # CPU-sized from scratch (paper: 1e-4, ImageNet-pretrained)
     c.regressor.num_epochs = 8            # per round, CPU-sized (paper: 30)
@@ -103,7 +107,7 @@ def get_config(variant: str = ""):
 
     c.iuv_net = ml_collections.ConfigDict()  # bodyjax.iuv_net.IUVNetConfig: EXTENSION, the first stage
     c.iuv_net.image_size = 64             # of the two-stage regressor (used when regressor.input != 'rgb')
-    c.iuv_net.num_epochs = 20
+    c.iuv_net.num_epochs = 5              # fine-tuning of the pretrained predictor (round 1)
     c.iuv_net.batch_size = 32
     c.iuv_net.learning_rate = 1e-3
     c.iuv_net.pretrained = iuv_net.PRETRAINED_64  # pretrained on other synthetic people's 2D labels
@@ -113,12 +117,14 @@ def get_config(variant: str = ""):
     c.loop.registration_chunk = 200       # images per jitted registration call (paper: 10 on a GPU)
     c.loop.use_lifter_depths = True       # z^GAN of eq. 9 from the lifter
     c.loop.lifter_visibility = "labelled"  # body keypoints count as labelled (COCO convention)
-    c.loop.lifter_keypoints = "images"    # 'images', 'corpus' (data.lifter_corpus, as the paper's
-                                          # MPII) or 'both'
-    c.loop.keep_best_fits = False         # EXTENSION: SPIN's fits dictionary
-    c.loop.first_round_relax_steps = 0    # EXTENSION: round 1 continues from the stiff fit with the
+    c.loop.lifter_keypoints = "both"      # 'images', 'corpus' (data.lifter_corpus, as the paper's
+                                          # MPII) or 'both' (EXTENSION: corpus + the images' keypoints)
+    c.loop.keep_best_fits = True          # EXTENSION: SPIN's fits dictionary (a new fit replaces the
+                                          # stored one only if its data objective is lower)
+    c.loop.first_round_relax_steps = 200  # EXTENSION: round 1 continues from the stiff fit with the
                                           # later rounds' weights for this many steps
-    c.loop.regressor_maps = "labels"      # two-stage: train on the label maps or the predicted ones
+    c.loop.regressor_maps = "predicted"   # two-stage: train on the predicted maps (as at test time)
+                                          # or on the rendered label maps ('labels')
     c.loop.workers = 0                    # grain worker processes (0: in the main process)
 
     c.evaluation = ml_collections.ConfigDict()

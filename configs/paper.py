@@ -3,7 +3,7 @@
     python -m experiments.deform_and_learn --config configs/paper.py --workdir workdir/paper
 
 Every extension of the CPU default is off here: the paper's eq. 6 without priors, the RGB regressor,
-no fits dictionary. Variants: ``:smoke`` (a quick look at the paper's settings at tiny sizes).
+no fits dictionary, the stiff round 1, the lifter on a separate 2D corpus only. Variants: ``:smoke`` (a quick look at the paper's settings at tiny sizes).
 """
 from configs import default
 
@@ -24,8 +24,9 @@ def get_config(variant: str = ""):
     c.loop.registration_chunk = 1000      # one jitted call fits the whole chunk (paper: 10)
     c.loop.keep_best_fits = False         # the paper keeps the latest fits
     c.loop.first_round_relax_steps = 0    # the paper's stiff round 1
-    c.loop.lifter_keypoints = "images"    # (the paper's MPII corpus: data.lifter_corpus = a JSON path)
-    c.data.lifter_corpus = ""
+    c.loop.lifter_keypoints = "corpus"    # the paper trains the lifter on a separate 2D corpus (MPII);
+    c.data.lifter_corpus = "synthetic"    # here its synthetic analogue (or a MPII JSON path)
+    c.data.lifter_corpus_size = 40_000    # ~40k people annotated in MPII
     c.regressor.depth = 50
     c.regressor.width = 64
     c.regressor.image_size = 224

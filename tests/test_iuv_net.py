@@ -146,28 +146,37 @@ def test_uv_is_read_at_the_requested_part(data):
 
 
 def _numpy_loss(logits, uv, iuv, cfg):
-    """float64 reference: per-pixel loops over the labelled pixels, per-image means."""
+    """float64 reference: per-pixel loops over the labelled pixels, per-image means.
+
+    With ``cfg.body_weight`` the cross-entropy is ``w · (body-pixel mean) + (1 − w) · (background
+    mean)``, each a per-image mean averaged over the images that have such pixels.
+    """
     logits, uv = np.asarray(logits, np.float64), np.asarray(uv, np.float64)
-    ce_img, uv_img = [], []
+    ce_img, body_img, bg_img, uv_img = [], [], [], []
     for i in range(logits.shape[0]):
-        ce, err = [], []
+        ce, ce_body, ce_bg, err = [], [], [], []
         for y in range(logits.shape[1]):
             for x in range(logits.shape[2]):
                 part, u, v = (int(c) for c in iuv[i, y, x])
                 if part > 24:
                     continue
                 z = logits[i, y, x]
-                ce.append(np.log(np.sum(np.exp(z - z.max()))) + z.max() - z[part])
+                c = np.log(np.sum(np.exp(z - z.max()))) + z.max() - z[part]
+                ce.append(c)
+                (ce_body if part >= 1 else ce_bg).append(c)
                 if part >= 1 and u <= 254 and v <= 254:
                     d = np.abs(uv[i, y, x] - np.array([u, v]) / 254.0)
                     beta = cfg.uv_smooth_l1_beta
                     err.append(np.sum(np.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta)))
-        if ce:
-            ce_img.append(np.mean(ce))
-        if err:
-            uv_img.append(np.mean(err))
-    part_ce = np.mean(ce_img) if ce_img else 0.0
-    uv_loss = np.mean(uv_img) if uv_img else 0.0
+        for values, out in ((ce, ce_img), (ce_body, body_img), (ce_bg, bg_img), (err, uv_img)):
+            if values:
+                out.append(np.mean(values))
+    mean = lambda v: np.mean(v) if v else 0.0  # noqa: E731
+    if cfg.body_weight is None:
+        part_ce = mean(ce_img)
+    else:
+        part_ce = cfg.body_weight * mean(body_img) + (1.0 - cfg.body_weight) * mean(bg_img)
+    uv_loss = mean(uv_img)
     return part_ce + cfg.uv_weight * uv_loss, part_ce, uv_loss
 
 
@@ -185,9 +194,10 @@ def _random_outputs(seed, b=3, s=6):
 
 
 @pytest.mark.parametrize("beta", [0.1, 1.0])
-def test_loss_matches_numpy_reference(beta):
+@pytest.mark.parametrize("body_weight", [None, 0.5, 0.8])
+def test_loss_matches_numpy_reference(beta, body_weight):
     logits, uv, iuv = _random_outputs(0)
-    cfg = iuv_net.IUVNetConfig(uv_weight=0.7, uv_smooth_l1_beta=beta)
+    cfg = iuv_net.IUVNetConfig(uv_weight=0.7, uv_smooth_l1_beta=beta, body_weight=body_weight)
     loss, terms = _loss(logits, uv, iuv, cfg)
     ref, ref_ce, ref_uv = _numpy_loss(logits, uv, iuv, cfg)
     np.testing.assert_allclose(float(terms["part_ce"]), ref_ce, rtol=1e-5)

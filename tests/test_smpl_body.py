@@ -300,6 +300,27 @@ def test_round_trip_gives_the_embedded_body(round_trip):
         assert _rel(getattr(a, field), np.asarray(getattr(b, field), np.float64)) <= 1e-5, field
 
 
+def test_round_trip_through_the_config_block(exported, tmp_path):
+    """config.body with the exported files (face ids from the JSON) builds the same body."""
+    from ml_collections import ConfigDict
+
+    cfg = ConfigDict(dict(kind="smpl", smpl_path=exported["model"], betas=(), uv_table=exported["uv_table"],
+                          pose_blend_shapes=True, face_vertices=exported["face_vertices"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        t = smpl.body_from_config(cfg, "coco17")
+    emb = body.default_template()
+    for field in ("kp_vertex_ids", "kp_vertex_weights", "part_ids"):
+        np.testing.assert_array_equal(np.asarray(getattr(t, field)), np.asarray(getattr(emb, field)), field)
+    missing = str(tmp_path / "none.json")
+    with pytest.raises(FileNotFoundError, match="config.body.face_vertices: file not found: .*none.json"):
+        smpl.body_from_config(ConfigDict(dict(cfg, face_vertices=missing)), "coco17")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"nose": [0]}))
+    with pytest.raises(ValueError, match=r"config.body.face_vertices: .*lacks"):
+        smpl.body_from_config(ConfigDict(dict(cfg, face_vertices=str(bad))), "coco17")
+
+
 def test_round_trip_registration_is_the_same(round_trip):
     from bodyjax.data import sample, synthetic
 

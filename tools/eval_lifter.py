@@ -355,9 +355,9 @@ def main(argv=None):
     if "body" in runs:
         todo.append(("body", "R1 paper, D on body keypoints", body_d))
     if "knee" in runs:
-        todo.append(("knee", f"R1 body D + knee prior [ext.]", knee))
+        todo.append(("knee", "R1 body D + knee prior [ext.]", knee))
     if "priors" in runs:
-        todo.append(("priors", f"R1 body D + knee & face priors [ext.]", priors))
+        todo.append(("priors", "R1 body D + knee & face priors [ext.]", priors))
     base_hp, base_label = {"paper": (paper, "R1"), "body": (body_d, "R1 body D"), "knee": (knee, "R1+knee"),
                            "priors": (priors, "R1+priors")}[args.ablation_base]
     if args.ablation in ("geo", "all"):

@@ -11,6 +11,7 @@ blend shapes.
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from typing import Mapping
@@ -396,7 +397,9 @@ def body_from_config(body_config, keypoint_set: str = "coco17") -> body.BodyTemp
 
     Reads ``smpl_path`` (the model file, ``.pkl``/``.npz``), ``betas`` (empty: the mean shape),
     ``uv_table`` (DensePose's ``UV_Processed.mat``; empty: parts from the skinning weights, see
-    :func:`to_body`) and ``pose_blend_shapes``.
+    :func:`to_body`), ``pose_blend_shapes`` and ``face_vertices`` (a JSON file mapping ``nose``,
+    ``left_eye``, ``right_eye``, ``left_ear``, ``right_ear`` to vertex ids, as
+    ``tools/export_smpl_layout.py`` writes it; empty: SMPL's own ids on the 6,890-vertex mesh).
 
     Args:
       body_config: the ``config.body`` ConfigDict (or any mapping with those keys).
@@ -437,6 +440,21 @@ def body_from_config(body_config, keypoint_set: str = "coco17") -> body.BodyTemp
             raise ValueError(f"config.body.uv_table: {e} (expected DensePose's UV_Processed.mat for "
                              f"the {model.num_vertices}-vertex model {path})") from e
 
+    face = None
+    face_path = get("face_vertices", "")
+    if face_path:
+        face_path = os.path.expanduser(os.fspath(face_path))
+        if not os.path.isfile(face_path):
+            raise FileNotFoundError(f"config.body.face_vertices: file not found: {face_path}")
+        try:
+            with open(face_path) as f:
+                face = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"config.body.face_vertices: {face_path} is not a JSON file ({e})") from e
+        if not isinstance(face, Mapping):
+            raise ValueError(f"config.body.face_vertices: {face_path} must hold an object mapping "
+                             f"{_FACE_NAMES} to vertex ids, got {type(face).__name__}")
+
     betas = tuple(get("betas", ()) or ())
     if betas:
         try:
@@ -448,6 +466,8 @@ def body_from_config(body_config, keypoint_set: str = "coco17") -> body.BodyTemp
                              f"{model.num_betas} shape blend shapes (field 'shapedirs')")
     try:
         return to_body(model, betas=betas if len(betas) else None, keypoints=keypoint_set,
-                       uv_table=table, pose_blend_shapes=bool(get("pose_blend_shapes", True)))
+                       uv_table=table, pose_blend_shapes=bool(get("pose_blend_shapes", True)),
+                       face_vertices=face)
     except ValueError as e:
-        raise ValueError(f"config.body.smpl_path: {e}") from e
+        field = "face_vertices" if "face_vertices" in str(e) else "smpl_path"
+        raise ValueError(f"config.body.{field}: {e}") from e
