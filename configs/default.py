@@ -33,6 +33,7 @@ def get_config(variant: str = ""):
     c.body.uv_table = ""                  # 'smpl': DensePose's UV_Processed.mat (the part charts)
     c.body.pose_blend_shapes = True       # 'smpl': apply SMPL's pose blend shapes ("optionally")
     c.body.h36m_regressor = ""            # 'smpl': J_regressor_h36m.npy for Human3.6M evaluation
+                                          # ('joints': the default body's joint + vertex mapping)
     c.body.face_vertices = ""             # 'smpl': JSON of the face keypoints' vertex ids ('' = SMPL's)
 
     c.data = ml_collections.ConfigDict()
@@ -110,6 +111,8 @@ def get_config(variant: str = ""):
     c.iuv_net.num_epochs = 5              # fine-tuning of the pretrained predictor (round 1)
     c.iuv_net.batch_size = 32
     c.iuv_net.learning_rate = 1e-3
+    c.iuv_net.body_weight = 0.5           # EXTENSION: body and background pixels weighted apart in the
+                                          # part cross-entropy (None: one mean over all pixels)
     c.iuv_net.pretrained = iuv_net.PRETRAINED_64  # pretrained on other synthetic people's 2D labels
                                           # (tools/pretrain_iuv_net.py); '' = from scratch
 

@@ -10,6 +10,11 @@ from bodyjax.data import sample as sample_lib
 from bodyjax.data.pipeline import ArraySource
 from bodyjax.loop import epochs
 
+try:
+    from tests.people import random_params as _random_params
+except ImportError:  # tests/ itself on sys.path (pytest's default rootdir insertion)
+    from people import random_params as _random_params
+
 NUM = 4          # records per test set: every projection below has this one shape
 NUM_POINTS = 40
 PARAMS = sample_lib.PARAM_FIELDS
@@ -23,24 +28,6 @@ def template():
 @pytest.fixture(scope="module")
 def mirror(template):
     return augment.MirrorTables.of(template)
-
-
-def _rot_y(phi):
-    c, s = np.cos(phi), np.sin(phi)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def _random_params(rng, m, size):
-    """Pixel-unit :class:`BodyParams` (float32 NumPy) of m plausible people in size×size images."""
-    pose = rng.normal(0.0, 0.25, (m, 24, 3))
-    pose[:, 0] = 0.0
-    return body.BodyParams(
-        pose=pose.astype(np.float32),
-        segment_scales=rng.uniform(0.9, 1.1, (m, 24)).astype(np.float32),
-        rotation=np.stack([_rot_y(p) for p in rng.uniform(-np.pi, np.pi, m)]).astype(np.float32),
-        scale=rng.uniform(0.4, 0.5, m).astype(np.float32) * size,
-        translation=((size - 1) / 2 + rng.uniform(-0.05, 0.05, (m, 2)) * size).astype(np.float32),
-    )
 
 
 _forward_subset = jax.jit(body.forward_subset)

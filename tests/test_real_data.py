@@ -271,3 +271,7 @@ def test_evaluate_run_errors(exported, template, tmp_path):
     smpl = _loop_config(**{"body.kind": "smpl"})
     with pytest.raises(ValueError, match="config.body.h36m_regressor"):
         h36m_eval.body_joint_map(smpl, template)
+    # 'joints': the joint + vertex mapping on any body (here the default one: the same map)
+    mapped = h36m_eval.body_joint_map(_loop_config(**{"body.kind": "smpl", "body.h36m_regressor": "joints"}),
+                                      template)
+    np.testing.assert_array_equal(mapped.vertex_ids, h36m_eval.body_joint_map(config, template).vertex_ids)

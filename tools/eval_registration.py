@@ -57,7 +57,7 @@ def batch_scale(split):
     return jnp.asarray(split["gt_scale"])
 
 
-def joint_errors(template, params, split) -> tuple[float, float]:
+def fit_errors(template, params, split) -> tuple[float, float]:
     out = body.forward(template, params)
     pred = out.joints - out.joints[:, :1]
     gt = jnp.asarray(split["gt_joints3d"])
@@ -95,7 +95,7 @@ def main(argv=None):
         label = f"{keypoint_set}, {'GT depths' if with_depth else 'no depths'}"
         if args.all_keypoints and with_depth:
             label += ", all kp"
-        rows.append((label, "T-pose init (affine camera)", *joint_errors(template, init, split), np.nan, np.nan))
+        rows.append((label, "T-pose init (affine camera)", *fit_errors(template, init, split), np.nan, np.nan))
         stiff = registration.stiff_config()  # the keypoint set is the template's
         fit, report = registration.register(template, batch, init, stiff, size)
         jax.block_until_ready(fit)
@@ -103,14 +103,14 @@ def main(argv=None):
         fit, report = registration.register(template, batch, init, stiff, size)
         jax.block_until_ready(fit)
         fps = args.num / (time.perf_counter() - t0)
-        rows.append((label, "stiff round, 300 steps", *joint_errors(template, fit, split),
+        rows.append((label, "stiff round, 300 steps", *fit_errors(template, fit, split),
                      float(jnp.mean(report.dense_residual_px)), fps))
         for steps in args.later_steps:
             later = registration.RegistrationConfig(num_steps=steps, learning_rate=args.later_lr,
                                                     w_kp=args.w_kp, w_scale=args.w_scale,
                                                     w_angle=args.w_joint)
             fit2, report2 = registration.register(template, batch, fit, later, size)
-            rows.append((label, f"+ later round, {steps} steps", *joint_errors(template, fit2, split),
+            rows.append((label, f"+ later round, {steps} steps", *fit_errors(template, fit2, split),
                          float(jnp.mean(report2.dense_residual_px)), np.nan))
     print(f"synthetic test split: {args.num} samples at {args.image_size} px, seed {args.seed}")
     head = f"{'inputs':<22} {'stage':<30} {'MPJPE mm':>9} {'PA-MPJPE mm':>12} {'2D res px':>10} {'fits/s':>7}"

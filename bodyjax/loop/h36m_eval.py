@@ -66,10 +66,16 @@ JOINT_SETS = {
 def body_joint_map(config, template: body.BodyTemplate) -> h36m.JointMap:
     """H36M-17 on the run's body: ``config.body.h36m_regressor`` (SMPL) or the default body's map.
 
+    ``h36m_regressor = 'joints'`` asks for :func:`bodyjax.data.h36m.default_body_h36m_map` on any
+    body (joints and two head vertices; exact for the MakeHuman body written in the SMPL layout by
+    ``tools/export_smpl_layout.py``, an approximation for SMPL itself).
+
     Raises:
       ValueError: an SMPL body without ``config.body.h36m_regressor``; the regressor file's errors.
     """
     path = config.body.get("h36m_regressor", "")
+    if path == "joints":
+        return h36m.default_body_h36m_map(template)
     if path:
         reg = h36m.load_joint_regressor(path, int(template.vertices.shape[0]))
         return h36m.regressor_h36m_map(reg, int(template.joints.shape[0]))
