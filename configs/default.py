@@ -122,8 +122,9 @@ def get_config(variant: str = ""):
     c.loop.lifter_visibility = "labelled"  # body keypoints count as labelled (COCO convention)
     c.loop.lifter_keypoints = "both"      # 'images', 'corpus' (data.lifter_corpus, as the paper's
                                           # MPII) or 'both' (EXTENSION: corpus + the images' keypoints)
-    c.loop.keep_best_fits = True          # EXTENSION: SPIN's fits dictionary (a new fit replaces the
-                                          # stored one only if its data objective is lower)
+    c.loop.keep_best_fits = False         # EXTENSION: SPIN's fits dictionary (a new fit replaces the
+                                          # stored one only if its data objective is lower); off: with
+                                          # the two-stage regressor's starts it did not help (BENCHMARKS)
     c.loop.first_round_relax_steps = 200  # EXTENSION: round 1 continues from the stiff fit with the
                                           # later rounds' weights for this many steps
     c.loop.regressor_maps = "predicted"   # two-stage: train on the predicted maps (as at test time)

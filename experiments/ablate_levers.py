@@ -23,7 +23,7 @@ from experiments import deform_and_learn  # noqa: F401 - defines --config and --
 
 FLAGS = flags.FLAGS
 FLAGS.set_default("workdir", "workdir/levers")
-flags.DEFINE_list("levers", ["all", "previous_default", "paper", "rgb", "no_corpus", "no_best_fits", "oracle_maps"],
+flags.DEFINE_list("levers", ["all", "previous_default", "paper", "rgb", "no_corpus", "best_fits", "oracle_maps"],
                   "Variants to run (see LEVERS).")
 flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed and config.data.seed) of each variant.")
 
@@ -38,7 +38,7 @@ LEVERS = {
                         "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
     "rgb": {"regressor.input": "rgb"},
     "no_corpus": {"loop.lifter_keypoints": "images"},
-    "no_best_fits": {"loop.keep_best_fits": False},
+    "best_fits": {"loop.keep_best_fits": True},
     "no_priors": {"lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
     "oracle_maps": {"loop.regressor_maps": "labels"},
     "single": {"iterate": False},

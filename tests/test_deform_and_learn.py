@@ -68,6 +68,7 @@ def test_fits_dictionary_never_worsens_the_image_terms(reference):
     assert 0 <= history[1]["registration/replaced"] <= 8
 
 
+@pytest.mark.slow  # ~50 s; test_damaged_checkpoint_is_skipped stops, resumes and compares in CI
 def test_killed_run_resumes_to_the_same_result(reference):
     """Stops right after stage 7 (round 2's lifter) and resumes to the uninterrupted metrics."""
     root, config, history = reference

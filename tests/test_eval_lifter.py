@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bodyjax import body, lifter, metrics, skeletons
 
@@ -109,6 +110,7 @@ def _same(a, b):
     return all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: bool(jnp.array_equal(x, y)), a, b)))
 
 
+@pytest.mark.slow  # ~15 s: the tool's own training loop
 def test_train_runs_the_epoch_loop_with_the_joint_schedule():
     data = _fake_data(m=40, seed=3)
     rest = np.asarray(body.forward(body.default_template("coco17"),

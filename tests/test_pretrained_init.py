@@ -28,6 +28,7 @@ def _config(path):
     config.regressor.image_size = SIZE
     config.regressor.depth = 18
     config.regressor.width = 8
+    config.regressor.input = "rgb"        # ImageNet weights are for RGB (the paper's regressor)
     config.regressor.pretrained = str(path)
     return config
 

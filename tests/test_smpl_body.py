@@ -338,30 +338,46 @@ def test_round_trip_registration_is_the_same(round_trip):
 # ---- the loop on an SMPL body ----------------------------------------------------------------
 
 
+_LOOP_SCRIPT = r"""
+import json, sys, warnings
+from bodyjax.loop import experiment
+from configs import default
+
+path, root = sys.argv[1], sys.argv[2]
+config = default.get_config("smoke")
+config.num_rounds = 1
+config.data.source = "synthetic"
+config.data.train_size = 8
+config.data.test_size = 4
+config.loop.registration_chunk = 8
+config.data.data_dir = root + "/data"
+config.compilation_cache = ""
+config.pictures = True                 # the pictures and OBJ meshes of the round, too
+config.regressor.input = "rgb"         # (the two-stage regressor's first stage is body-independent)
+config.body.kind = "smpl"
+config.body.smpl_path = path
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    template = experiment.load_template(config)
+    assert template.num_vertices == 1000 and template.posedirs is not None
+    history = experiment.train_and_evaluate(config, root + "/run")
+print("HISTORY", json.dumps(history))
+"""
+
+
 def test_loop_runs_a_round_on_an_smpl_body(tmp_path):
     """One deform-and-learn round (config.body.kind='smpl', synthetic data rendered from the SMPL
-    body) on a random SMPL-layout file."""
-    from bodyjax.loop import experiment
-    from configs import default
+    body) on a random SMPL-layout file, in a fresh process as a user runs it (after hundreds of
+    other tests, XLA's compiler has crashed on this program inside the long-lived test process;
+    on its own, in a fresh process, it compiles)."""
+    import subprocess
 
     path = write_random_smpl(tmp_path / "smpl.npz", num_vertices=1000, num_betas=NUM_BETAS, seed=1, fmt="npz")
-    config = default.get_config("smoke")
-    config.num_rounds = 1
-    config.data.source = "synthetic"
-    config.data.train_size = 8
-    config.data.test_size = 4
-    config.loop.registration_chunk = 8
-    config.data.data_dir = str(tmp_path / "data")
-    config.compilation_cache = ""
-    config.pictures = True                 # the pictures and OBJ meshes of the round, too
-    config.regressor.input = "rgb"         # (the two-stage regressor's first stage is body-independent)
-    config.body.kind = "smpl"
-    config.body.smpl_path = path
-    template = _quiet(experiment.load_template, config)
-    assert template.num_vertices == 1000 and template.posedirs is not None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        history = experiment.train_and_evaluate(config, str(tmp_path / "run"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "BODYJAX_NO_COMPILATION_CACHE": "1"}
+    out = subprocess.run([sys.executable, "-c", _LOOP_SCRIPT, path, str(tmp_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    history = json.loads(out.stdout.split("HISTORY ", 1)[1])
     assert [h["round"] for h in history] == [1]
     assert np.isfinite(history[0]["registration/train_mpjpe"])
     assert os.path.exists(tmp_path / "run" / "pictures" / "round01_results.png")

@@ -182,37 +182,42 @@ def train_and_evaluate(config, workdir: str) -> list:
         print(f"resuming from checkpoint {step}: round {int(state.round) + 1}, stage "
               f"'{dnl.STAGES[int(state.stage)]}'", flush=True)
     writer = reporting.tensorboard_writer(workdir)
-    stages_run = 0
-    while int(state.round) < num_rounds:
-        r, name = int(state.round), dnl.STAGES[int(state.stage)]
-        desc = f"round {r + 1}/{num_rounds} {name}"
-        total = {"dense": loop.iuv_net.num_epochs, "lifter": loop.lifter.num_epochs,
-                 "regressor": loop.regressor.num_epochs, "registration": len(data.train)}.get(name, 1)
-        unit = "img" if name == "registration" else ("epoch" if name != "evaluate" else "step")
-        t_stage = time.time()
-        bar, progress = _progress_bar(desc, total, unit)
-        with bar:
-            state, stage_metrics = dnl.run_stage(state, template, data, loop, progress)
-            bar.update(total - bar.n)
-        stage_metrics[f"time/{name}_s"] = time.time() - t_stage
-        _check_finite(stage_metrics, desc)
-        if history and history[-1]["round"] == r + 1:
-            history[-1].update(stage_metrics)
-        else:
-            history.append({"round": r + 1, **stage_metrics})
-        # metrics first, then the checkpoint: a kill in between re-runs the stage, which
-        # recomputes the same values
-        reporting.write_json(metrics_path, history)
-        if name == "evaluate":
-            reporting.write_scalars(writer, history[-1], r + 1)
-            print("\n" + reporting.format_table(history, config.evaluation.table_mpjpe), flush=True)
-            if config.pictures and jax.process_index() == 0:
-                reporting.write_pictures(workdir, state, template, data, loop, history)
-        checkpoints.save(mgr, r * len(dnl.STAGES) + dnl.STAGES.index(name) + 1, state)
-        stages_run += 1
-        if config.stop_after_stages >= 0 and stages_run >= config.stop_after_stages:
-            print(f"stopping after {stages_run} stages (config.stop_after_stages)", flush=True)
-            raise SystemExit(3)
+    try:
+        stages_run = 0
+        while int(state.round) < num_rounds:
+            r, name = int(state.round), dnl.STAGES[int(state.stage)]
+            desc = f"round {r + 1}/{num_rounds} {name}"
+            total = {"dense": loop.iuv_net.num_epochs, "lifter": loop.lifter.num_epochs,
+                     "regressor": loop.regressor.num_epochs, "registration": len(data.train)}.get(name, 1)
+            unit = "img" if name == "registration" else ("epoch" if name != "evaluate" else "step")
+            t_stage = time.time()
+            bar, progress = _progress_bar(desc, total, unit)
+            with bar:
+                state, stage_metrics = dnl.run_stage(state, template, data, loop, progress)
+                bar.update(total - bar.n)
+            stage_metrics[f"time/{name}_s"] = time.time() - t_stage
+            _check_finite(stage_metrics, desc)
+            if history and history[-1]["round"] == r + 1:
+                history[-1].update(stage_metrics)
+            else:
+                history.append({"round": r + 1, **stage_metrics})
+            # metrics first, then the checkpoint: a kill in between re-runs the stage, which
+            # recomputes the same values
+            reporting.write_json(metrics_path, history)
+            if name == "evaluate":
+                reporting.write_scalars(writer, history[-1], r + 1)
+                print("\n" + reporting.format_table(history, config.evaluation.table_mpjpe), flush=True)
+                if config.pictures and jax.process_index() == 0:
+                    reporting.write_pictures(workdir, state, template, data, loop, history)
+            checkpoints.save(mgr, r * len(dnl.STAGES) + dnl.STAGES.index(name) + 1, state)
+            stages_run += 1
+            if config.stop_after_stages >= 0 and stages_run >= config.stop_after_stages:
+                print(f"stopping after {stages_run} stages (config.stop_after_stages)", flush=True)
+                raise SystemExit(3)
+    finally:  # the writer's thread and the checkpointer's, also on a stop or an error
+        if writer is not None:
+            writer.close()
+        mgr.close()
     print(f"done: {num_rounds} rounds in {time.time() - t0:.0f}s; results in {workdir}", flush=True)
     return history
 
