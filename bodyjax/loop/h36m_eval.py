@@ -67,8 +67,8 @@ def body_joint_map(config, template: body.BodyTemplate) -> h36m.JointMap:
     """H36M-17 on the run's body: ``config.body.h36m_regressor`` (SMPL) or the default body's map.
 
     ``h36m_regressor = 'joints'`` asks for :func:`bodyjax.data.h36m.default_body_h36m_map` on any
-    body (joints and two head vertices; exact for the MakeHuman body written in the SMPL layout by
-    ``tools/export_smpl_layout.py``, an approximation for SMPL itself).
+    body (joints and two head vertices: the default body's own mapping, also for that body written in
+    the SMPL layout by ``tools/export_smpl_layout.py``; for SMPL itself a further approximation).
 
     Raises:
       ValueError: an SMPL body without ``config.body.h36m_regressor``; the regressor file's errors.
