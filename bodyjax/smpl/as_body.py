@@ -392,6 +392,14 @@ def to_body(model: SMPLModel, betas=None, keypoints: str = "coco17", uv_table=No
     return body.with_keypoints(template, keypoints) if keypoints != "coco17" else template
 
 
+def _existing_file(path, field: str) -> str:
+    """``path`` with ``~`` expanded; ``FileNotFoundError`` naming ``config.body.<field>`` if it is missing."""
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.body.{field}: file not found: {path}")
+    return path
+
+
 def body_from_config(body_config, keypoint_set: str = "coco17") -> body.BodyTemplate:
     """The body of an experiment's ``config.body`` block when ``kind == 'smpl'``.
 
@@ -418,9 +426,7 @@ def body_from_config(body_config, keypoint_set: str = "coco17") -> body.BodyTemp
     if not path:
         raise ValueError("config.body.smpl_path is empty: set it to the SMPL model file (.pkl or .npz) "
                          "for config.body.kind='smpl'")
-    path = os.path.expanduser(os.fspath(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.body.smpl_path: file not found: {path}")
+    path = _existing_file(path, "smpl_path")
     try:
         model = load_smpl(path)
     except ValueError as e:
@@ -429,9 +435,7 @@ def body_from_config(body_config, keypoint_set: str = "coco17") -> body.BodyTemp
     table = None
     uv_path = get("uv_table", "")
     if uv_path:
-        uv_path = os.path.expanduser(os.fspath(uv_path))
-        if not os.path.isfile(uv_path):
-            raise FileNotFoundError(f"config.body.uv_table: file not found: {uv_path}")
+        uv_path = _existing_file(uv_path, "uv_table")
         from bodyjax.formats import densepose_uv  # noqa: PLC0415
 
         try:
@@ -443,9 +447,7 @@ def body_from_config(body_config, keypoint_set: str = "coco17") -> body.BodyTemp
     face = None
     face_path = get("face_vertices", "")
     if face_path:
-        face_path = os.path.expanduser(os.fspath(face_path))
-        if not os.path.isfile(face_path):
-            raise FileNotFoundError(f"config.body.face_vertices: file not found: {face_path}")
+        face_path = _existing_file(face_path, "face_vertices")
         try:
             with open(face_path) as f:
                 face = json.load(f)
