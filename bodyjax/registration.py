@@ -5,7 +5,7 @@ objective
 
     L = ω_dense L_dense + ω_KP L_KP + ω_scale L_scale + ω_joint L_angle + ω_det L_det     (eq. 7)
 
-is vmapped over the batch, the steps run inside ``lax.scan`` with Adam (lr 0.1), and every step
+is vmapped over the batch, the steps run inside one ``lax.fori_loop`` with Adam (lr 0.1), and every step
 skins only the vertices matched to image points plus the joints and keypoints, so the cost does not
 grow with the mesh size. Adam is elementwise, so optimising the stacked parameters of the batch is
 the same as optimising each sample on its own.
@@ -13,6 +13,10 @@ the same as optimising each sample on its own.
 Coordinates: the optimisation runs in normalised image units, ``(pixel − centre) / (max(H, W) / 2)``,
 where the paper's weights balance (its crops are normalised the same way); the weak-perspective
 scale and translation are converted on the way in and out, so callers see pixels.
+
+Compilation: the weights, the learning rate and the number of steps enter the compiled program as
+values, so round 1's stiff fit, its relaxation and the later rounds (different weights and step
+counts, the same shapes) share one program; only ``dense_reduction`` and ``use_depth`` change it.
 
 Divergence: a sample whose loss or gradient becomes non-finite, or whose loss grows above
 ``divergence_factor`` times its initial loss, is frozen at the best parameters it reached and
@@ -71,6 +75,36 @@ class RegistrationConfig:
         checks.check_choice("RegistrationConfig.dense_reduction", self.dense_reduction, ("mean", "sum"))
         if int(self.num_steps) < 0:
             raise ValueError(f"RegistrationConfig.num_steps must be >= 0, got {self.num_steps}")
+
+
+#: Fields of :class:`RegistrationConfig` that change the compiled program; the others are values.
+_STATIC_FIELDS = ("dense_reduction", "use_depth")
+
+
+def _split(config: RegistrationConfig) -> tuple[tuple, dict]:
+    """``(static, values)``: the hashable structure and the traced numbers of a config."""
+    static = tuple(getattr(config, f) for f in _STATIC_FIELDS)
+    values = {f.name: jnp.asarray(getattr(config, f.name), jnp.int32 if f.name == "num_steps" else jnp.float32)
+              for f in dataclasses.fields(config) if f.name not in _STATIC_FIELDS}
+    return static, values
+
+
+class _Traced:
+    """A config inside jit: the static fields as Python values, the others as traced scalars."""
+
+    def __init__(self, static: tuple, values: dict):
+        self.__dict__.update(zip(_STATIC_FIELDS, static))
+        self.__dict__.update(values)
+
+
+def _learning_rate(config, step):
+    """Adam's step size at ``step``: ``learning_rate`` cosine-decayed to ``lr_final_fraction`` of it
+    over ``num_steps`` (constant when the fraction is 1)."""
+    total = jnp.maximum(config.num_steps, 1).astype(jnp.float32)
+    progress = jnp.minimum(step.astype(jnp.float32), total) / total
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    fraction = config.lr_final_fraction
+    return config.learning_rate * ((1.0 - fraction) * cosine + fraction)
 
 
 def stiff_config(**overrides) -> RegistrationConfig:
@@ -247,7 +281,8 @@ def register(template: body.BodyTemplate, batch: Batch, init: Optional[body.Body
         pixels, eq. 9) with ``keypoint_depth_mask (B, K)``. Other fields are ignored.
       init: :class:`~bodyjax.body.BodyParams` ``(B,)`` in pixels (the regressor's prediction in
         later rounds), or ``None`` for round 1's T-pose start (:func:`init_params`).
-      config: a :class:`RegistrationConfig` (one compilation per config).
+      config: a :class:`RegistrationConfig` (its weights, learning rate and step count are values of
+        the compiled program: changing them does not compile again).
       image_size: ``(H, W)`` of the images.
 
     Returns:
@@ -270,7 +305,8 @@ def register(template: body.BodyTemplate, batch: Batch, init: Optional[body.Body
     batch = Batch(**{f: getattr(batch, f) for f in _FIELDS})
     if init is None:
         init = init_params(template, batch, image_size)
-    return _register(template, batch, init, config, image_size)
+    static, values = _split(config)
+    return _register(template, batch, init, values, static, image_size)
 
 
 def _check_image_size(where: str, image_size) -> tuple[int, int]:
@@ -302,9 +338,10 @@ def _objective_data(template, clean: Batch, config: RegistrationConfig, image_si
     return data
 
 
-@functools.partial(jax.jit, static_argnames=("config", "image_size"))
-def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams,
-              config: RegistrationConfig, image_size: tuple[int, int]):
+@functools.partial(jax.jit, static_argnames=("static", "image_size"))
+def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams, values: dict,
+              static: tuple, image_size: tuple[int, int]):
+    config = _Traced(static, values)
     clean, dropped = sanitize_batch(template, batch)
     _, half = camera.image_frame(image_size)
     data = _objective_data(template, clean, config, image_size)
@@ -320,16 +357,13 @@ def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams,
     init = _tree_where(init_ok, init, init_params(template, clean, image_size))
     params0 = normalize_params(init, image_size)
     params0 = params0.replace(rotation=jnp.asarray(params0.rotation, jnp.float32))
-    lr = config.learning_rate
-    if config.lr_final_fraction != 1.0:
-        lr = optax.cosine_decay_schedule(lr, config.num_steps, alpha=config.lr_final_fraction)
-    optimizer = optax.adam(lr)
+    optimizer = optax.scale_by_adam()     # Adam; its step size is applied below, per step
     loss0, _ = value_and_grad(params0, data)
     # A sample whose start is already non-finite is diverged from the outset.
     state0 = (params0, optimizer.init(params0), params0, jnp.where(jnp.isfinite(loss0), loss0, jnp.inf),
               ~jnp.isfinite(loss0))
 
-    def step(state, _):
+    def step(i, state):
         params, opt_state, best, best_loss, diverged = state
         loss, grads = value_and_grad(params, data)
         finite = jnp.isfinite(loss) & jax.tree_util.tree_reduce(
@@ -341,11 +375,12 @@ def _register(template: body.BodyTemplate, batch: Batch, init: body.BodyParams,
         best_loss = jnp.where(better, loss, best_loss)
         grads = _tree_where(diverged, jax.tree_util.tree_map(jnp.zeros_like, grads), grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        new = optax.apply_updates(params, updates)
+        lr = _learning_rate(config, i)
+        new = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
         params = _tree_where(diverged, best, new)
-        return (params, opt_state, best, best_loss, diverged), None
+        return params, opt_state, best, best_loss, diverged
 
-    (params, _, best, best_loss, diverged), _ = jax.lax.scan(step, state0, None, length=config.num_steps)
+    params, _, best, best_loss, diverged = jax.lax.fori_loop(0, config.num_steps, step, state0)
     # The last update has not been scored yet: keep it if it is the best.
     final_loss, _ = value_and_grad(params, data)
     better = ~diverged & jnp.isfinite(final_loss) & (final_loss < best_loss)
@@ -387,11 +422,14 @@ def data_objective(template: body.BodyTemplate, batch: Batch, params: body.BodyP
     batch.check("data_objective", num_keypoints=template.num_keypoints)
     body.check_params(params, "data_objective: params", template.joints.shape[0], batch_shape=(batch.size,))
     batch = Batch(**{f: getattr(batch, f) for f in _FIELDS})
-    return _data_objective(template, batch, params, config, _check_image_size("data_objective", image_size))
+    static, values = _split(config)
+    return _data_objective(template, batch, params, values, static,
+                           _check_image_size("data_objective", image_size))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "image_size"))
-def _data_objective(template, batch, params, config, image_size):
+@functools.partial(jax.jit, static_argnames=("static", "image_size"))
+def _data_objective(template, batch, params, values, static, image_size):
+    config = _Traced(static, values)
     clean, _ = sanitize_batch(template, batch)
     data = _objective_data(template, clean, config, image_size)
     in_axes = {k: (None if k == "adjacency" else 0) for k in data}

@@ -93,7 +93,7 @@ def get_config(variant: str = ""):
                                           # paper; 'parts' = NBF's part map)
     c.regressor.pose_head = "quaternion"  # 132 outputs; 'rot6d' (SPIN) or 'matrix_svd' (NBF)
     c.regressor.learning_rate = 1e-3      # CPU-sized from scratch (paper: 1e-4, ImageNet-pretrained)
-    c.regressor.num_epochs = 8            # per round, CPU-sized (paper: 30)
+    c.regressor.num_epochs = 16           # per round, CPU-sized (paper: 30)
     c.regressor.batch_size = 32           # CPU-sized (paper: 30)
     c.regressor.alpha = 1.0               # α of eq. 13 (regression, eq. 14)
     c.regressor.beta = 10.0               # β (dense)
@@ -115,6 +115,13 @@ def get_config(variant: str = ""):
                                           # part cross-entropy (None: one mean over all pixels)
     c.iuv_net.pretrained = iuv_net.PRETRAINED_64  # pretrained on other synthetic people's 2D labels
                                           # (tools/pretrain_iuv_net.py); '' = from scratch
+
+    c.fit_views = ml_collections.ConfigDict()  # bodyjax.data.fit_views.FitViewsConfig: EXTENSION (two-
+    c.fit_views.per_fit = 0.0             # stage regressor): every round it also trains on this many views
+    c.fit_views.yaw_deg = 180.0           # of each fit rendered into a label map, turned about the vertical
+    c.fit_views.limb_mix = 0.5            # by up to this angle, each limb taken from another fit with this
+                                          # probability (made from the fits: no ground truth). Off: at equal
+                                          # compute no better than more epochs on the images (BENCHMARKS)
 
     c.loop = ml_collections.ConfigDict()  # bodyjax.loop.deform_and_learn.LoopConfig
     c.loop.registration_chunk = 200       # images per jitted registration call (paper: 10 on a GPU)

@@ -3,7 +3,7 @@
     python -m experiments.deform_and_learn --config configs/paper.py --workdir workdir/paper
 
 Every extension of the CPU default is off here: the paper's eq. 6 without priors, the RGB regressor,
-no fits dictionary, the stiff round 1, the lifter on a separate 2D corpus only. Variants: ``:smoke`` (a quick look at the paper's settings at tiny sizes).
+no rendered views of the fits, no fits dictionary, the stiff round 1, the lifter on a separate 2D corpus only. Variants: ``:smoke`` (a quick look at the paper's settings at tiny sizes).
 """
 from configs import default
 
@@ -31,6 +31,7 @@ def get_config(variant: str = ""):
     c.regressor.width = 64
     c.regressor.image_size = 224
     c.regressor.input = "rgb"             # the paper's regressor reads the image
+    c.fit_views.per_fit = 0.0             # no rendered views of the fits (they are label maps)
     c.regressor.learning_rate = 1e-4
     c.regressor.num_epochs = 30
     c.regressor.batch_size = 30

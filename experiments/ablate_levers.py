@@ -23,7 +23,8 @@ from experiments import deform_and_learn  # noqa: F401 - defines --config and --
 
 FLAGS = flags.FLAGS
 FLAGS.set_default("workdir", "workdir/levers")
-flags.DEFINE_list("levers", ["all", "previous_default", "paper", "rgb", "no_corpus", "best_fits", "oracle_maps"],
+flags.DEFINE_list("levers", ["all", "previous_default", "paper", "rgb", "fit_views", "no_corpus", "best_fits",
+                             "oracle_maps"],
                   "Variants to run (see LEVERS).")
 flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed and config.data.seed) of each variant.")
 
@@ -32,20 +33,22 @@ LEVERS = {
     "all": {},
     # configs/paper.py's method choices at the configured sizes: every extension off, the lifter on
     # the separate 2D corpus alone
-    "paper": {"regressor.input": "rgb", "loop.lifter_keypoints": "corpus", "loop.keep_best_fits": False,
+    "paper": {"regressor.input": "rgb", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "corpus", "loop.keep_best_fits": False,
               "loop.first_round_relax_steps": 0, "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
-    "paper_on_images": {"regressor.input": "rgb", "loop.lifter_keypoints": "images", "loop.keep_best_fits": False,
+    "paper_on_images": {"regressor.input": "rgb", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "loop.keep_best_fits": False,
                         "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
-    "rgb": {"regressor.input": "rgb"},
+    "rgb": {"regressor.input": "rgb", "fit_views.per_fit": 0.0},   # the views are label maps
+    # rendered views of the fits at the same compute: half the epochs over twice the records
+    "fit_views": {"fit_views.per_fit": 1.0, "regressor.num_epochs": 8},
     "no_corpus": {"loop.lifter_keypoints": "images"},
     "best_fits": {"loop.keep_best_fits": True},
     "no_priors": {"lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
     "oracle_maps": {"loop.regressor_maps": "labels"},
     "single": {"iterate": False},
     # the defaults before the fidelity levers (the landed main's main job), for the before/after row
-    "previous_default": {"regressor.input": "rgb", "loop.lifter_keypoints": "images", "data.lifter_corpus": "",
+    "previous_default": {"regressor.input": "rgb", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "data.lifter_corpus": "",
                          "loop.keep_best_fits": False, "loop.first_round_relax_steps": 0,
-                         "lifter.num_epochs": 20},
+                         "lifter.num_epochs": 20, "regressor.num_epochs": 8},
 }
 
 KEYS = (("registration/train_pa_mpjpe", "reg PA"), ("regressor/test_pa_mpjpe", "test PA"),

@@ -15,6 +15,10 @@ from configs import default
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: The loop's options the reference run turns on, so that the resume tests cover their state.
+OPTIONS = {"loop.keep_best_fits": True, "fit_views.per_fit": 1.0}
+
+
 def smoke_config(root, **overrides):
     config = default.get_config("smoke")
     config.data.train_size = 8
@@ -43,9 +47,10 @@ def comparable(history):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One uninterrupted run of the smoke configuration with the fits dictionary (shared)."""
+    """One uninterrupted run of the smoke configuration with the fits dictionary and the rendered
+    views of the fits (options off in the default; shared)."""
     root = tmp_path_factory.mktemp("dnl")
-    config = smoke_config(root, **{"loop.keep_best_fits": True})
+    config = smoke_config(root, **OPTIONS)
     history = experiment.train_and_evaluate(config, str(root / "reference"))
     return root, config, history
 
@@ -73,7 +78,7 @@ def test_killed_run_resumes_to_the_same_result(reference):
     """Stops right after stage 7 (round 2's lifter) and resumes to the uninterrupted metrics."""
     root, config, history = reference
     workdir = str(root / "killed")
-    config = smoke_config(root, **{"loop.keep_best_fits": True, "stop_after_stages": 7})
+    config = smoke_config(root, **OPTIONS, stop_after_stages=7)
     with pytest.raises(SystemExit):
         experiment.train_and_evaluate(config, workdir)
     config.stop_after_stages = -1
@@ -86,7 +91,7 @@ def test_damaged_checkpoint_is_skipped(reference, capsys):
     previous one and ends with the uninterrupted metrics."""
     root, config, history = reference
     workdir = root / "damaged"
-    config = smoke_config(root, **{"loop.keep_best_fits": True, "stop_after_stages": 6})
+    config = smoke_config(root, **OPTIONS, stop_after_stages=6)
     with pytest.raises(SystemExit):
         experiment.train_and_evaluate(config, str(workdir))
     steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
@@ -113,7 +118,7 @@ def test_sigkill_mid_stage_then_resume(reference):
     workdir = str(root / "sigkill")
     cmd = [sys.executable, "-m", "experiments.deform_and_learn", "--config", "configs/default.py:smoke",
            "--config.data.train_size=8", "--config.data.test_size=4", "--config.loop.registration_chunk=8",
-           "--config.loop.keep_best_fits=True", f"--config.data.data_dir={root / 'data'}",
+           "--config.loop.keep_best_fits=True", "--config.fit_views.per_fit=1", f"--config.data.data_dir={root / 'data'}",
            f"--config.compilation_cache={root / 'jax_cache'}", f"--workdir={workdir}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "BODYJAX_NO_COMPILATION_CACHE": "0"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

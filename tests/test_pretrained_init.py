@@ -29,6 +29,7 @@ def _config(path):
     config.regressor.depth = 18
     config.regressor.width = 8
     config.regressor.input = "rgb"        # ImageNet weights are for RGB (the paper's regressor)
+    config.fit_views.per_fit = 0.0        # (the rendered views are label maps)
     config.regressor.pretrained = str(path)
     return config
 

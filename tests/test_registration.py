@@ -17,6 +17,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from bodyjax import skeletons, body, losses, registration as reg
@@ -318,16 +319,34 @@ def test_config_is_static_and_hashable():
         a.num_steps = 3
 
 
-def test_same_config_does_not_retrace_and_new_config_recompiles(template, batch, init, clean_fit, blowup_fit):
+def test_weights_and_steps_share_one_program_and_structure_recompiles(template, batch, init, clean_fit,
+                                                                     blowup_fit):
+    """Round 1's stiff fit, its relaxation and the later rounds (other weights, learning rates and
+    step counts, the same shapes) run one compiled program; ``dense_reduction`` makes another."""
     _, before, after = blowup_fit
-    assert after == before + 1  # a different config compiles a new program
+    assert after == before  # a learning rate of 1000 is a value of the same program
     n = reg._register._cache_size()
-    # an equal config built anew, and different values of the same shapes: no new trace
-    same = reg.stiff_config(num_steps=FIT.num_steps)
     dirty = batch.replace(dense_xy=batch.dense_xy + 0.5)
-    reg.register(template, dirty, init, same, IMAGE)
-    reg.register(template, batch, init, dataclasses.replace(BLOWUP), IMAGE)
+    reg.register(template, dirty, init, reg.stiff_config(num_steps=FIT.num_steps), IMAGE)
+    reg.register(template, batch, init, dataclasses.replace(FIT, num_steps=3, w_dense=10.0, w_angle=0.5,
+                                                            lr_final_fraction=0.1), IMAGE)
     assert reg._register._cache_size() == n
+    reg.register(template, batch, init, dataclasses.replace(FIT, num_steps=2, dense_reduction="sum"), IMAGE)
+    assert reg._register._cache_size() == n + 1
+
+
+def test_step_count_and_schedule_are_the_configs(template, batch, init):
+    """A traced step count runs exactly that many Adam steps: 0 steps return the start; a decayed
+    schedule differs from the constant one and equals optax's cosine decay applied by hand."""
+    zero, report = reg.register(template, batch, init, dataclasses.replace(FIT, num_steps=0), IMAGE)
+    for f in PARAM_FIELDS:
+        np.testing.assert_allclose(np.asarray(getattr(zero, f)), np.asarray(getattr(init, f)), rtol=1e-5,
+                                   atol=1e-5, err_msg=f)
+    lr = reg._learning_rate(reg._Traced(*reg._split(dataclasses.replace(FIT, num_steps=10,
+                                                                         lr_final_fraction=0.2))),
+                            jnp.arange(12))
+    expected = optax.cosine_decay_schedule(FIT.learning_rate, 10, alpha=0.2)(np.arange(12))
+    np.testing.assert_allclose(np.asarray(lr), np.asarray(expected), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -354,6 +354,7 @@ config.data.data_dir = root + "/data"
 config.compilation_cache = ""
 config.pictures = True                 # the pictures and OBJ meshes of the round, too
 config.regressor.input = "rgb"         # (the two-stage regressor's first stage is body-independent)
+config.fit_views.per_fit = 0.0
 config.body.kind = "smpl"
 config.body.smpl_path = path
 with warnings.catch_warnings():

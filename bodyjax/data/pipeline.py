@@ -190,6 +190,43 @@ class JoinedSource(Sequence):
         return [self._join(r, i) for r, i in zip(records, indices)]
 
 
+class ConcatSource(Sequence):
+    """The records of several sources one after the other (records ``0 .. len(a) - 1`` are ``a``'s).
+
+    Every source must give records with the same fields: the regressor's training images joined
+    with their fits, then the rendered views of the fits (:mod:`bodyjax.data.fit_views`).
+    """
+
+    def __init__(self, *sources):
+        self.sources = [s for s in sources if len(s)]
+        if not self.sources:
+            raise ValueError("ConcatSource: every source is empty")
+        keys = [set(s[0]) for s in self.sources]
+        if any(k != keys[0] for k in keys):
+            raise ValueError(f"ConcatSource: the sources' records have different fields {keys}")
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"ConcatSource: index {index} out of range for {len(self)} records")
+        which = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return which, index - int(self.offsets[which])
+
+    def __getitem__(self, index):
+        which, i = self._locate(index)
+        return self.sources[which][i]
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        return [self[i] for i in indices]
+
+    def __repr__(self) -> str:
+        return f"ConcatSource({len(self)} records from {len(self.sources)} sources)"
+
+
 # ---------------------------------------------------------------------------------------------
 # Transforms
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import tempfile
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import flax.struct
@@ -41,7 +42,7 @@ import optax
 
 from bodyjax import body, iuv_net, lifter, metrics, registration, regressor, skeletons
 from bodyjax.batch import Batch
-from bodyjax.data import augment, sample
+from bodyjax.data import augment, fit_views, sample
 from bodyjax.loop import epochs
 
 Array = jnp.ndarray
@@ -73,7 +74,11 @@ class LoopConfig:
         steps with the later rounds' weights from it (0: the paper's round 1).
       regressor_maps: for the ``'parts'`` / ``'iuv'`` regressor, the training input maps:
         ``'labels'`` (the rendered / annotated labels) or ``'predicted'`` (the part / IUV
-        predictor's); test-time inputs are always predicted.
+        predictor's, computed once per round from the training images and augmented with them);
+        test-time inputs are always predicted.
+      fit_views: (extension, two-stage regressor only) new views of the fits rendered into label
+        maps, added to the regressor's training records every round
+        (:class:`bodyjax.data.fit_views.FitViewsConfig`; ``per_fit=0``: off).
       workers: grain worker processes for the streamed batches (0: in this process).
       shard_by_process: give each JAX process its share of the records (multi-host).
       chunk: images per jitted inference call (prediction, evaluation).
@@ -95,9 +100,17 @@ class LoopConfig:
     keep_best_fits: bool = False
     first_round_relax_steps: int = 0
     regressor_maps: str = "labels"
+    fit_views: fit_views.FitViewsConfig = fit_views.FitViewsConfig()
     workers: int = 0
     shard_by_process: bool = False
     chunk: int = 64
+
+    def __post_init__(self):
+        if self.fit_views.per_fit > 0 and not self.uses_maps:
+            raise ValueError(f"LoopConfig.fit_views.per_fit={self.fit_views.per_fit}: the rendered views "
+                             "are label maps, read only by the two-stage regressor (regressor.input "
+                             f"'parts' or 'iuv'; this run's is {self.regressor.input!r}): set "
+                             "fit_views.per_fit=0 (--config.fit_views.per_fit=0)")
 
     @property
     def uses_maps(self) -> bool:
@@ -481,22 +494,67 @@ def _pad_index(params: body.BodyParams, idx: np.ndarray, size: int) -> body.Body
 # Stage 3: the regressor
 
 
-def regressor_source(data: Data, state: LoopState, config: LoopConfig):
-    """The training records joined with their targets θ_fit and weights (the regressor's source)."""
+def regressor_source(data: Data, state: LoopState, config: LoopConfig, template=None,
+                     maps: Optional[np.ndarray] = None):
+    """The regressor's training records: the images joined with their targets θ_fit and weights,
+    then (``config.fit_views``, which needs the ``template``) this round's rendered views of the fits.
+
+    ``maps``: optional ``(M, H, W, 3)`` uint8 input maps of the training images that replace the
+    records' ``iuv`` labels (the part / IUV predictor's, :func:`predicted_train_maps`).
+    """
     weight = (~np.asarray(state.fit_flagged)).astype(np.float32) if config.skip_flagged_fits \
         else np.ones(len(data.train), np.float32)
     extra = sample.params_to_record(jax.tree_util.tree_map(np.asarray, state.fits), "target")
     extra["target_weight"] = weight
     from bodyjax.data import pipeline  # noqa: PLC0415
 
-    keys = ("image", "iuv", "has_gt") + POINT_KEYS
-    return pipeline.JoinedSource(_Select(data.train, keys), extra)
+    keys = ("image", "has_gt") + POINT_KEYS
+    if maps is None:
+        keys += ("iuv",)
+    else:
+        extra["iuv"] = maps
+    source = pipeline.JoinedSource(_Select(data.train, keys), extra)
+    if config.fit_views.per_fit <= 0:
+        return source
+    max_points = int(np.shape(data.train[0]["dense_xy"])[0])
+    views = fit_views.make_records(template, jax.tree_util.tree_map(np.asarray, state.fits), weight,
+                                   config.image_size, max_points, stage_seed(state), config.fit_views)
+    return source if views is None else pipeline.ConcatSource(source, pipeline.ArraySource(views, "fit views"))
+
+
+def predicted_train_maps(state: LoopState, data: Data, config: LoopConfig, directory: str,
+                         progress=None) -> np.ndarray:
+    """The part / IUV predictor's maps of every training image, computed once for the stage.
+
+    The regressor trains on the predicted maps (as it reads them at test time), augmented with
+    their records. They are written to a memory-mapped ``.npy`` in ``directory`` (a split's maps
+    are not held in memory) and returned as that read-only array.
+    """
+    m = len(data.train)
+    first = data.train[0]["image"]
+    path = os.path.join(directory, "train_maps.npy")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(m,) + tuple(np.shape(first)[:2]) + (3,))
+    for idx, records in epochs.chunks(_Select(data.train, ("image",)), config.chunk):
+        out[idx] = iuv_net.predict(state.iuv_net, records["image"], config.chunk)[:len(idx)]
+        if progress:
+            progress(idx[-1] + 1, m)
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
 
 
 def regressor_stage(state: LoopState, template, data: Data, config: LoopConfig, progress=None):
     """Stage 3: trains the regressor on the fits (flagged fits get no regression target)."""
+    with tempfile.TemporaryDirectory(prefix="bodyjax_maps_") as directory:
+        maps = None
+        if config.uses_maps and config.regressor_maps == "predicted":
+            maps = predicted_train_maps(state, data, config, directory)
+        return _train_regressor(state, template, regressor_source(data, state, config, template, maps),
+                                config, progress)
+
+
+def _train_regressor(state: LoopState, template, source, config: LoopConfig, progress=None):
     cfg = config.regressor
-    source = regressor_source(data, state, config)
     mesh = regressor.make_mesh()
     bs = min(cfg.batch_size, len(source)) // mesh.size * mesh.size
     if bs == 0:
@@ -506,16 +564,12 @@ def regressor_stage(state: LoopState, template, data: Data, config: LoopConfig, 
     seed = stage_seed(state)
     mirror = augment.MirrorTables.of(template)
     transform = augment.Augment(mirror, cfg.image_size, config.augment)
-    predicted = config.uses_maps and config.regressor_maps == "predicted"
 
     def batches(epoch):
         for records in epochs.record_batches(source, bs, seed, epoch, [transform],
                                              worker_count=config.workers,
                                              shard_by_process=config.shard_by_process):
-            batch = sample.to_batch(records, with_gt=False)
-            if predicted:
-                batch = batch.replace(iuv=network_maps(state, records, config, True))
-            yield batch
+            yield sample.to_batch(records, with_gt=False)
 
     def step(s, batch, i):
         return regressor.train_step(s, batch, template, schedule(i), mesh)

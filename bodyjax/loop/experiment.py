@@ -32,7 +32,7 @@ def loop_config(config) -> "dnl.LoopConfig":
     naming it (a misspelt ``--config.lifter.knee_wieght`` is not silently ignored).
     """
     from bodyjax import iuv_net, lifter, registration, regressor  # noqa: PLC0415
-    from bodyjax.data import augment  # noqa: PLC0415
+    from bodyjax.data import augment, fit_views  # noqa: PLC0415
 
     def build(cls, block, name):
         try:
@@ -49,6 +49,8 @@ def loop_config(config) -> "dnl.LoopConfig":
         regressor=build(regressor.RegressorConfig, config.regressor, "regressor"),
         augment=build(augment.AugmentConfig, config.augment, "augment"),
         iuv_net=build(iuv_net.IUVNetConfig, config.iuv_net, "iuv_net"),
+        fit_views=(build(fit_views.FitViewsConfig, config.fit_views, "fit_views") if "fit_views" in config
+                   else fit_views.FitViewsConfig()),
         image_size=int(config.data.image_size), keypoint_set=config.data.keypoint_set,
         **config.loop.to_dict())
 
