@@ -2,7 +2,7 @@
 
     python -m experiments.ablate_levers --config configs/default.py --workdir workdir/levers
     python -m experiments.ablate_levers --config configs/default.py:bench --workdir workdir/levers_bench \
-        --levers=paper,no_maps,no_corpus --seeds=0,1,2
+        --levers=all,single --seeds=0,1,2
 
 Each variant is the configured experiment with a few fields changed (:data:`LEVERS`); every run
 has its own work directory under ``--workdir`` (``<lever>_seed<s>``) and resumes if interrupted.

@@ -137,6 +137,8 @@ def test_loop_adds_the_views_to_the_regressor_records_and_rejects_them_for_rgb(t
     np.testing.assert_array_equal(source[0]["iuv"], maps[0])
     np.testing.assert_array_equal(source[6]["iuv"], view["iuv"])
     assert view["keypoints"].shape == first["keypoints"].shape
+    with pytest.raises(ValueError, match="needs the template"):
+        dnl.regressor_source(dnl.Data(pipeline.ArraySource(data), None), state, loop)
     config.regressor.input = "rgb"
     with pytest.raises(ValueError, match="fit_views.per_fit"):
         experiment.loop_config(config)

@@ -516,6 +516,9 @@ def regressor_source(data: Data, state: LoopState, config: LoopConfig, template=
     source = pipeline.JoinedSource(_Select(data.train, keys), extra)
     if config.fit_views.per_fit <= 0:
         return source
+    if template is None:
+        raise ValueError("regressor_source: config.fit_views.per_fit > 0 renders the fits, so it needs the "
+                         "template (the body)")
     max_points = int(np.shape(data.train[0]["dense_xy"])[0])
     views = fit_views.make_records(template, jax.tree_util.tree_map(np.asarray, state.fits), weight,
                                    config.image_size, max_points, stage_seed(state), config.fit_views)
