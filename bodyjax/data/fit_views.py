@@ -6,8 +6,9 @@ rendering of its surface. So every fit θ_fit of a training image gives more tra
 regressor: the fitted body turned about its vertical axis and, optionally, with some of its limbs'
 joint rotations taken from another fit, rendered into the record's ``iuv`` label format with its
 keypoints and dense correspondences. No ground truth enters: the pairs are made from the fits, as
-the fits themselves are. With a few hundred training images the regressor memorises them; the views
-add orientations and pose combinations it has not seen (measured in BENCHMARKS.md, "Levers").
+the fits themselves are. Measured on the synthetic default (BENCHMARKS.md, "The regressor's
+compute and the rendered views"): at equal compute no better than more epochs on the images, so the
+default leaves it off.
 
 Layer: data (NumPy rendering through :mod:`bodyjax.data.synthetic.surface`); the loop calls
 :func:`make_records` once per round with the round's fits.
@@ -67,13 +68,6 @@ def up_axis(template: body.BodyTemplate) -> np.ndarray:
     return up / np.linalg.norm(up)
 
 
-def axis_rotation(axis: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    """``(n, 3, 3)`` float64 rotations by ``angles (n,)`` radians about the unit ``axis (3,)`` (Rodrigues)."""
-    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    s, c = np.sin(angles)[:, None, None], np.cos(angles)[:, None, None]
-    return np.eye(3) + s * k + (1.0 - c) * (k @ k)
-
-
 def new_bodies(template: body.BodyTemplate, fits: body.BodyParams, num: int, rng: np.random.Generator,
                config: FitViewsConfig, weights: Optional[np.ndarray] = None) -> body.BodyParams:
     """``num`` new bodies from the fits: turned about the vertical, limbs exchanged between fits.
@@ -105,7 +99,8 @@ def new_bodies(template: body.BodyTemplate, fits: body.BodyParams, num: int, rng
         idx = np.asarray(joints)
         pose[np.ix_(take, idx)] = fits.pose[donor[take]][:, idx]
     yaw = np.radians(rng.uniform(-config.yaw_deg, config.yaw_deg, size=num))
-    rotation = rotations64.gram_schmidt(fits.rotation[base]) @ axis_rotation(up_axis(template), yaw)
+    turn = rotations64.axis_angle_to_matrix(yaw[:, None] * up_axis(template))
+    rotation = rotations64.gram_schmidt(fits.rotation[base]) @ turn
     return body.BodyParams(pose=pose.astype(np.float32),
                            segment_scales=fits.segment_scales[base].astype(np.float32),
                            rotation=rotation.astype(np.float32), scale=fits.scale[base].astype(np.float32),
@@ -192,5 +187,5 @@ def make_records(template: body.BodyTemplate, fits: body.BodyParams, weights: np
     return render_records(template, params, image_size, max_points, rng)
 
 
-__all__ = ["LIMBS", "FitViewsConfig", "up_axis", "axis_rotation", "new_bodies", "render_records",
+__all__ = ["LIMBS", "FitViewsConfig", "up_axis", "new_bodies", "render_records",
            "make_records"]
