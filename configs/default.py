@@ -41,7 +41,7 @@ def get_config(variant: str = ""):
     c.data.data_dir = ""                  # tfds data dir ('' = <workdir>/../data, shared across runs)
     c.data.manual_dir = ""                # DensePose-COCO: the JSONs and COCO images (densepose_coco.py)
     c.data.image_size = 64                # CPU-sized (the paper crops 224 px)
-    c.data.train_size = 600
+    c.data.train_size = 1800              # CPU-sized: more distinct images beat more epochs (BENCHMARKS)
     c.data.test_size = 150
     c.data.max_points = 160               # ~100-200 DensePose points per person
     c.data.keypoint_set = "coco17"        # the keypoint set of eq. 9, the lifter and the regressor
@@ -87,13 +87,15 @@ def get_config(variant: str = ""):
     c.regressor = ml_collections.ConfigDict()  # bodyjax.regressor.RegressorConfig (appendix 4, 5.1)
     c.regressor.depth = 18                # CPU-sized (paper: ResNet50)
     c.regressor.width = 32                # CPU-sized (standard 64)
-    c.regressor.image_size = 64           # CPU-sized (paper: 224)
+    c.regressor.image_size = 48           # CPU-sized (paper: 224): the 64-px maps resampled to 48 px,
+                                          # ~0.55x the network's compute of 64 px (BENCHMARKS)
     c.regressor.input = "iuv"             # EXTENSION (two-stage, as Neural Body Fitting): the regressor
                                           # reads the IUV map predicted from the image ('rgb' = the
                                           # paper; 'parts' = NBF's part map)
     c.regressor.pose_head = "quaternion"  # 132 outputs; 'rot6d' (SPIN) or 'matrix_svd' (NBF)
     c.regressor.learning_rate = 1e-3      # CPU-sized from scratch (paper: 1e-4, ImageNet-pretrained)
-    c.regressor.num_epochs = 16           # per round, CPU-sized (paper: 30)
+    c.regressor.lr_final_fraction = 1.0   # 1.0: constant within a round (the paper)
+    c.regressor.num_epochs = 10           # per round, CPU-sized (paper: 30)
     c.regressor.batch_size = 32           # CPU-sized (paper: 30)
     c.regressor.alpha = 1.0               # α of eq. 13 (regression, eq. 14)
     c.regressor.beta = 10.0               # β (dense)

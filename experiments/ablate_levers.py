@@ -39,16 +39,20 @@ LEVERS = {
                         "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
     "rgb": {"regressor.input": "rgb", "fit_views.per_fit": 0.0},   # the views are label maps
     # rendered views of the fits at the same compute: half the epochs over twice the records
-    "fit_views": {"fit_views.per_fit": 1.0, "regressor.num_epochs": 8},
+    "fit_views": {"fit_views.per_fit": 1.0, "regressor.num_epochs": 5},
     "no_corpus": {"loop.lifter_keypoints": "images"},
     "best_fits": {"loop.keep_best_fits": True},
     "no_priors": {"lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
     "oracle_maps": {"loop.regressor_maps": "labels"},
     "single": {"iterate": False},
+    # the regressor's compute spent otherwise (each at about the default's regressor compute)
+    "input_64px": {"regressor.image_size": 64, "regressor.num_epochs": 6},
+    "images_600": {"data.train_size": 600, "regressor.num_epochs": 30},
     # the defaults before the fidelity levers (the landed main's main job), for the before/after row
     "previous_default": {"regressor.input": "rgb", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "data.lifter_corpus": "",
                          "loop.keep_best_fits": False, "loop.first_round_relax_steps": 0,
-                         "lifter.num_epochs": 20, "regressor.num_epochs": 8},
+                         "lifter.num_epochs": 20, "regressor.num_epochs": 8, "regressor.image_size": 64,
+                         "data.train_size": 600},
 }
 
 KEYS = (("registration/train_pa_mpjpe", "reg PA"), ("regressor/test_pa_mpjpe", "test PA"),

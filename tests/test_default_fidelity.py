@@ -12,7 +12,7 @@ from configs import default
 def test_default_run_improves_every_round(tmp_path):
     """README command 1's run: the regressor's test PA-MPJPE and bone-rescaled MPJPE fall every
     round, the registration's training PA-MPJPE never rises, and the final regressor is well below
-    the mean-fit baseline on the same split (measured 0.82 ×; the fidelity target is 0.75 ×)."""
+    the mean-fit baseline on the same split (the fidelity target, 0.75 ×; measured 0.71 ×)."""
     config = default.get_config()
     config.data.data_dir = str(tmp_path / "data")
     config.compilation_cache = ""
@@ -25,5 +25,5 @@ def test_default_run_improves_every_round(tmp_path):
     assert all(b < a for a, b in zip(test_pa, test_pa[1:])), test_pa
     assert all(b < a for a, b in zip(test_mpjpe, test_mpjpe[1:])), test_mpjpe
     assert all(b <= a for a, b in zip(reg_pa, reg_pa[1:])), reg_pa
-    assert test_pa[-1] <= 0.85 * history[-1]["baseline/mean_fit_pa_mpjpe"], (test_pa, history[-1])
+    assert test_pa[-1] <= 0.75 * history[-1]["baseline/mean_fit_pa_mpjpe"], (test_pa, history[-1])
     assert history[-1]["lifter/test_pa_mpjpe"] < history[-1]["baseline/flat_lifter_pa_mpjpe"]

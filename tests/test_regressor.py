@@ -477,6 +477,13 @@ def test_iuv_input_train_step_and_predict(template, fake):
     assert pred.joints.shape == (3, 24, 3) and pred.keypoints2d.shape == (3, template.num_keypoints, 2)
     assert pred.params.pose.shape == (3, 24, 3) and pred.params.translation.shape == (3, 2)
     assert np.all(np.isfinite(np.asarray(pred.keypoints2d)))
+    # a map of twice the network's size is resampled by nearest sampling (as the training augmentation
+    # warps label maps): the same prediction as its every second pixel (half-pixel centres: 1, 3, ...)
+    big = np.repeat(np.repeat(records["iuv"][:3], 2, axis=1), 2, axis=2)
+    big[:, ::2] = 255       # the rows and columns nearest sampling skips: unlabelled
+    big[:, :, ::2] = 255
+    from_big = regressor.predict(state, template, iuv=big, with_vertices=False)
+    np.testing.assert_allclose(from_big.joints, pred.joints, atol=1e-5)
     with pytest.raises(ValueError, match="iuv"):
         regressor.predict(state, template, images=records["image"][:3])
     with pytest.raises(ValueError, match="batch.iuv"):
@@ -801,3 +808,18 @@ def test_load_pretrained_backbone_into_state(tiny_state, tmp_path):
     assert jax.tree_util.tree_structure(state.opt_state) == jax.tree_util.tree_structure(tiny_state.opt_state)
     with pytest.raises(ValueError, match="no counterpart"):
         pretrained.load_pretrained_backbone(tiny_state, _random_state_dict(_torchvision_layout(34, width=8)))
+
+
+def test_round_schedule_decays_to_the_final_fraction_and_the_fraction_is_checked():
+    """``lr_final_fraction`` < 1 cosine-decays a round's rate from ``learning_rate`` to that fraction
+    (0.5·(1 + cos(π t / T)) written out here); 1.0 keeps it constant; outside [0, 1] is refused."""
+    from bodyjax.loop.deform_and_learn import _schedule
+
+    lr, frac, total = 1e-3, 0.05, 101
+    sched = _schedule(lr, frac, total)
+    for t in (0, 25, 50, 100):
+        cos = 0.5 * (1.0 + np.cos(np.pi * t / (total - 1)))
+        np.testing.assert_allclose(float(sched(t)), lr * ((1 - frac) * cos + frac), rtol=1e-5)
+    assert float(_schedule(lr, 1.0, total)(77)) == pytest.approx(lr)
+    with pytest.raises(ValueError, match="lr_final_fraction must be in"):
+        regressor.RegressorConfig(lr_final_fraction=1.5)

@@ -101,6 +101,8 @@ class RegressorConfig:
         for name in ("image_size", "batch_size", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RegressorConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.lr_final_fraction <= 1.0:
+            raise ValueError(f"RegressorConfig.lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
 
     def network(self) -> Regressor:
         """The Flax module of this configuration (one object per network configuration, so that
@@ -344,8 +346,10 @@ class Prediction(NamedTuple):
 def _predict_chunk(state: RegressorState, x: Array, template: body.BodyTemplate, size, with_vertices: bool):
     cfg = state.config
     if x.shape[1:3] != (cfg.image_size, cfg.image_size):
-        x = jax.image.resize(x, (x.shape[0], cfg.image_size, cfg.image_size, x.shape[-1]), "linear",
-                             antialias=True)
+        # label maps by nearest sampling (as the training augmentation warps them: hard one-hot parts)
+        method = "linear" if cfg.input == "rgb" else "nearest"
+        x = jax.image.resize(x, (x.shape[0], cfg.image_size, cfg.image_size, x.shape[-1]), method,
+                             antialias=method == "linear")
     out = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
     pn = decode_head(out, cfg.pose_head, cfg.log_clip)
     pp = camera.denormalize_params(pn, size)
@@ -371,7 +375,8 @@ def predict(state: RegressorState, template: body.BodyTemplate, images=None, iuv
       batch_size: images per jitted call (the last chunk is padded, so one compilation).
       with_vertices: also return the full mesh (``(B, V, 3)``).
 
-    Inputs of another size than ``config.image_size`` are resized (the normalised outputs do not
+    Inputs of another size than ``config.image_size`` are resized (images linearly, label maps by
+    nearest sampling, as the training augmentation resamples them; the normalised outputs do not
     depend on the resolution) and the outputs are returned in the pixels of the given inputs.
 
     Returns:
