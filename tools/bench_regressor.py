@@ -14,6 +14,8 @@ label-map regressor (random ``iuv`` maps as input) instead of the RGB one.
 Configurations:
   cpu       ``regressor.cpu_config()`` (ResNet18, width 32, 64 px), batch 32
   cpu64     ResNet18 at full width 64, 64 px, batch 32
+  cpu48px   ResNet18, width 32, 48 px (the default config's regressor), batch 32
+  cpu32px   ResNet18, width 32, 32 px, batch 32
   resnet50  ``RegressorConfig()`` (ResNet50, 224 px, the paper's network), batch 8
 """
 from __future__ import annotations
@@ -38,6 +40,8 @@ from bodyjax.data import sample as sample_lib  # noqa: E402
 CONFIGS = {
     "cpu": (regressor.cpu_config(), 32),
     "cpu64": (regressor.cpu_config(width=64), 32),
+    "cpu48px": (regressor.cpu_config(image_size=48), 32),
+    "cpu32px": (regressor.cpu_config(image_size=32), 32),
     "resnet50": (regressor.RegressorConfig(), 8),
 }
 
