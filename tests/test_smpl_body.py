@@ -382,4 +382,5 @@ def test_loop_runs_a_round_on_an_smpl_body(tmp_path):
     assert [h["round"] for h in history] == [1]
     assert np.isfinite(history[0]["registration/train_mpjpe"])
     assert os.path.exists(tmp_path / "run" / "pictures" / "round01_results.png")
+    assert os.path.exists(tmp_path / "run" / "pictures" / "error_per_round.png")
     assert os.path.exists(tmp_path / "run" / "meshes" / "round01_test0.obj")

@@ -80,7 +80,7 @@ def error_plot(history: Sequence[Mapping[str, float]], path: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=120)
     rounds = [h["round"] for h in history]
     for key in keys:
         vals = [h.get(key, np.nan) for h in history]
@@ -91,10 +91,10 @@ def error_plot(history: Sequence[Mapping[str, float]], path: str,
     ax.set_ylabel("error (mm)")
     ax.set_xticks(rounds)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no line hidden
     ax.set_title("deform-and-learn: error per round")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
