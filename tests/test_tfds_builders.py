@@ -118,6 +118,21 @@ def test_second_build_reuses_the_files(built, data_dir, monkeypatch):
     assert len(pipeline.data_source(again, "train")) == N_TRAIN
 
 
+def test_config_name_is_the_same_in_another_process(template):
+    """A later run (another process) finds the data set built by an earlier one: the name covers the
+    template's values, not the addresses of its absent optional fields (the default body has no
+    pose blend shapes: ``posedirs`` is ``None``)."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    assert template.posedirs is None
+    code = ("from bodyjax import body; from bodyjax.data import tfds_builders as tb; "
+            "print(tb.template_fingerprint(body.default_template()))")
+    names = {subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+             for _ in range(2)}
+    assert names == {tb.template_fingerprint(template)}
+
+
 def test_every_setting_changes_the_config_name(template):
     base = tb.synthetic_config(CFG, N_TRAIN, N_TEST, SEED)
     assert base.name == tb.synthetic_config(CFG, N_TRAIN, N_TEST, SEED).name

@@ -170,7 +170,9 @@ def template_fingerprint(template: body.BodyTemplate) -> str:
     for field in dataclasses.fields(template):
         value = getattr(template, field.name)
         h.update(field.name.encode())
-        if isinstance(value, (tuple, str, int, float)):
+        if value is None:  # an absent optional field (an object array's bytes would be a pointer)
+            h.update(b"None")
+        elif isinstance(value, (tuple, str, int, float)):
             h.update(repr(value).encode())
         else:
             arr = np.ascontiguousarray(np.asarray(value))
