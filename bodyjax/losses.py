@@ -56,11 +56,11 @@ def l_dense(projected: Array, target: Array, mask: Array, reduction: str = "mean
 
 def l_keypoints(projected: Array, target: Array, visible: Array,
                 depth: Optional[Array] = None, target_depth: Optional[Array] = None,
-                depth_mask: Optional[Array] = None) -> Array:
+                depth_mask: Optional[Array] = None, depth_weight: float | Array = 1.0) -> Array:
     """Keypoint loss with cGAN depths, eq. (9).
 
-    ``Σ_i (x_i − x̄_i)² + (y_i − ȳ_i)² + (z_i − z_i^GAN)²`` over visible keypoints; the depth term
-    is optional (``depth``/``target_depth`` ``None`` leaves it out).
+    ``Σ_i (x_i − x̄_i)² + (y_i − ȳ_i)² + w (z_i − z_i^GAN)²`` over visible keypoints; the depth term
+    is optional (``depth``/``target_depth`` ``None`` leaves it out). ``w = 1`` is eq. 9 as written.
 
     Args:
       projected: ``(..., K, 2)`` model keypoints in the image.
@@ -69,6 +69,7 @@ def l_keypoints(projected: Array, target: Array, visible: Array,
       depth: ``(..., K)`` model keypoint depths, relative to the root, same units as the 2D terms.
       target_depth: ``(..., K)`` the lifter's depths ``z^GAN`` in the same frame.
       depth_mask: ``(..., K)`` which depths count (default: ``visible``).
+      depth_weight: ``w``, the depth term's weight (EXTENSION: the paper weighs it as the 2D terms).
 
     Returns:
       ``(...)``.
@@ -79,7 +80,7 @@ def l_keypoints(projected: Array, target: Array, visible: Array,
         m = visible if depth_mask is None else depth_mask
         # Mask the difference before squaring: a NaN under a zero mask must not reach the gradient.
         dz = jnp.where(m > 0, depth - target_depth, 0.0)
-        loss = loss + jnp.sum(_masked(dz ** 2, m), axis=-1)
+        loss = loss + depth_weight * jnp.sum(_masked(dz ** 2, m), axis=-1)
     return loss
 
 

@@ -54,6 +54,8 @@ class RegistrationConfig:
         the paper's ω_joint, the weight of the joint-angle term (eq. 11).
       dense_reduction: ``'mean'`` ("mean squared error", the text of eq. 8) or ``'sum'``.
       use_depth: include the cGAN depth term of eq. (9) when depths are given.
+      w_depth: weight of that depth term relative to the 2D keypoint terms (1.0 = eq. 9 as written;
+        EXTENSION otherwise).
       divergence_factor: a loss above this multiple of the initial loss counts as divergence.
       max_residual_px: a fit whose mean dense reprojection error exceeds this is flagged.
     """
@@ -67,6 +69,7 @@ class RegistrationConfig:
     w_det: float = 1.0
     dense_reduction: str = "mean"
     use_depth: bool = True
+    w_depth: float = 1.0
     lr_final_fraction: float = 1.0
     divergence_factor: float = 1e4
     max_residual_px: float = 10.0
@@ -75,6 +78,8 @@ class RegistrationConfig:
         checks.check_choice("RegistrationConfig.dense_reduction", self.dense_reduction, ("mean", "sum"))
         if int(self.num_steps) < 0:
             raise ValueError(f"RegistrationConfig.num_steps must be >= 0, got {self.num_steps}")
+        if not float(self.w_depth) >= 0.0:
+            raise ValueError(f"RegistrationConfig.w_depth must be >= 0, got {self.w_depth}")
 
 
 #: Fields of :class:`RegistrationConfig` that change the compiled program; the others are values.
@@ -244,7 +249,7 @@ def _terms(template, config, params, data):
         depth = z - jnp.mean(z[root])
         target_depth, depth_mask = data["keypoint_depth"], data["keypoint_depth_mask"]
     l_kp = losses.l_keypoints(out.keypoints2d, data["keypoints"], data["keypoint_visible"],
-                              depth, target_depth, depth_mask)
+                              depth, target_depth, depth_mask, config.w_depth)
     l_scale = losses.l_scale(params.segment_scales, data["adjacency"])
     l_angle = losses.l_angle(params.pose, template.hinge_joints, template.hinge_axes)
     l_det = losses.l_det(params.rotation)

@@ -23,8 +23,8 @@ from experiments import deform_and_learn  # noqa: F401 - defines --config and --
 
 FLAGS = flags.FLAGS
 FLAGS.set_default("workdir", "workdir/levers")
-flags.DEFINE_list("levers", ["all", "previous_default", "paper", "rgb", "fit_views", "no_corpus", "best_fits",
-                             "oracle_maps"],
+flags.DEFINE_list("levers", ["all", "last_default", "previous_default", "paper", "rgb", "fit_views", "no_corpus",
+                             "no_best_fits", "lifter_depths", "no_joints3d", "constant_lr", "oracle_maps"],
                   "Variants to run (see LEVERS).")
 flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed and config.data.seed) of each variant.")
 
@@ -34,23 +34,44 @@ LEVERS = {
     # configs/paper.py's method choices at the configured sizes: every extension off, the lifter on
     # the separate 2D corpus alone
     "paper": {"regressor.input": "rgb", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "corpus", "loop.keep_best_fits": False,
-              "loop.first_round_relax_steps": 0, "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
+              "registration_relax.num_steps": 0, "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0,
+              "registration.w_depth": 1.0, "registration_first.w_depth": 1.0, "registration_first.num_steps": 300,
+              "regressor.joints3d_weight": 0.0,
+              "regressor.lr_final_fraction": 1.0},
     "paper_on_images": {"regressor.input": "rgb", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "loop.keep_best_fits": False,
-                        "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
+                        "registration_relax.num_steps": 0, "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0,
+                        "registration.w_depth": 1.0, "registration_first.w_depth": 1.0,
+                        "registration_first.num_steps": 300, "regressor.joints3d_weight": 0.0,
+                        "regressor.lr_final_fraction": 1.0},
     "rgb": {"regressor.input": "rgb", "fit_views.per_fit": 0.0},   # the views are label maps
     # rendered views of the fits at the same compute: half the epochs over twice the records
     "fit_views": {"fit_views.per_fit": 1.0, "regressor.num_epochs": 5},
     "no_corpus": {"loop.lifter_keypoints": "images"},
-    "best_fits": {"loop.keep_best_fits": True},
+    "no_best_fits": {"loop.keep_best_fits": False},
+    # the lifter's depths in the registration (eq. 9 as written: weight 1), in every round / the later ones
+    "lifter_depths": {"registration.w_depth": 1.0, "registration_first.w_depth": 1.0, "registration_relax.w_depth": 1.0},
+    "lifter_depths_later": {"registration.w_depth": 1.0},
+    # round 1 relaxed with the later rounds' step and segment-scale weight (the previous stop's relax)
+    "relax_as_later": {"registration_relax.learning_rate": 0.1, "registration_relax.w_scale": 10.0},
+    "no_joints3d": {"regressor.joints3d_weight": 0.0},
+    "constant_lr": {"regressor.lr_final_fraction": 1.0},
     "no_priors": {"lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
     "oracle_maps": {"loop.regressor_maps": "labels"},
     "single": {"iterate": False},
     # the regressor's compute spent otherwise (each at about the default's regressor compute)
     "input_64px": {"regressor.image_size": 64, "regressor.num_epochs": 6},
     "images_600": {"data.train_size": 600, "regressor.num_epochs": 30},
+    # the default of the previous stop (round 1 with the lifter's depths, 300 stiff + 200 relaxed passes
+    # at the later rounds' weights; the latest fits; eq. 13 as written; a constant rate)
+    "last_default": {"registration.w_depth": 1.0, "registration_first.w_depth": 1.0, "registration_first.num_steps": 300,
+                     "registration_relax.num_steps": 200, "registration_relax.learning_rate": 0.1,
+                     "registration_relax.w_scale": 10.0, "registration_relax.w_depth": 1.0,
+                     "loop.keep_best_fits": False, "regressor.joints3d_weight": 0.0, "regressor.lr_final_fraction": 1.0},
     # the defaults before the fidelity levers (the landed main's main job), for the before/after row
     "previous_default": {"regressor.input": "rgb", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "data.lifter_corpus": "",
-                         "loop.keep_best_fits": False, "loop.first_round_relax_steps": 0,
+                         "loop.keep_best_fits": False, "registration_relax.num_steps": 0,
+                         "registration.w_depth": 1.0, "registration_first.w_depth": 1.0, "registration_first.num_steps": 300,
+                         "regressor.joints3d_weight": 0.0, "regressor.lr_final_fraction": 1.0,
                          "lifter.num_epochs": 20, "regressor.num_epochs": 8, "regressor.image_size": 64,
                          "data.train_size": 600},
 }

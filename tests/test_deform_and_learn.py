@@ -153,14 +153,32 @@ def test_every_config_file_has_a_smoke_variant_that_builds():
 def test_config_blocks_map_straight_onto_the_dataclasses():
     config = default.get_config()
     loop = experiment.loop_config(config)
-    assert loop.registration_first.num_steps == 300 and loop.registration.num_steps == 100
-    assert loop.registration_first.w_scale == 100.0 and loop.registration.w_scale == 10.0
-    # linked fields: the later rounds' weight changes round 1's too
+    assert loop.registration.num_steps == 100 and loop.registration.w_scale == 10.0
+    assert loop.registration_first.w_scale == 100.0 and loop.registration_relax.w_scale == 1.0
+    assert loop.registration_first.w_depth == 0.0 and loop.registration_relax.w_depth == 0.0
+    assert loop.registration.w_depth == 0.0
+    # linked fields: the later rounds' weight changes round 1's (stiff and relaxed) too
     config.registration.w_dense = 500.0
-    assert experiment.loop_config(config).registration_first.w_dense == 500.0
+    linked = experiment.loop_config(config)
+    assert linked.registration_first.w_dense == 500.0 and linked.registration_relax.w_dense == 500.0
+    # ... but not the depth weight: round 1's lifter is another one
+    config.registration.w_depth = 0.5
+    assert experiment.loop_config(config).registration_first.w_depth == 0.0
     config.lifter.knee_wieght = 1.0
     with pytest.raises(TypeError, match="config.lifter.*knee_wieght"):
         experiment.loop_config(config)
+
+
+def test_paper_config_keeps_the_papers_registration_and_regressor():
+    from configs import paper
+
+    loop = experiment.loop_config(paper.get_config())
+    assert loop.registration_first.num_steps == 300 and loop.registration_first.w_scale == 100.0
+    assert loop.registration_relax.num_steps == 0       # nothing after the stiff round 1
+    assert loop.registration_first.w_depth == loop.registration.w_depth == 1.0   # eq. 9 as written
+    assert loop.registration.num_steps == 100 and loop.registration.learning_rate == 0.1
+    assert loop.regressor.joints3d_weight == 0.0 and loop.regressor.lr_final_fraction == 1.0
+    assert loop.regressor.input == "rgb" and not loop.keep_best_fits
 
 
 def test_mean_params_is_the_mean_of_the_fits():

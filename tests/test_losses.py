@@ -51,8 +51,8 @@ def np_dense(x, p, mask, reduction):
     return total / max(count, 1.0)
 
 
-def np_keypoints(x, xbar, vis, z=None, zgan=None, zmask=None):
-    """eq. (9)."""
+def np_keypoints(x, xbar, vis, z=None, zgan=None, zmask=None, depth_weight=1.0):
+    """eq. (9) (``depth_weight`` scales its depth term; 1 = as written)."""
     total = 0.0
     for i in range(len(x)):
         if vis[i] > 0:
@@ -61,7 +61,7 @@ def np_keypoints(x, xbar, vis, z=None, zgan=None, zmask=None):
         zm = vis if zmask is None else zmask
         for i in range(len(z)):
             if zm[i] > 0:
-                total += zm[i] * (z[i] - zgan[i]) ** 2
+                total += depth_weight * zm[i] * (z[i] - zgan[i]) ** 2
     return total
 
 
@@ -190,6 +190,21 @@ def test_keypoints_with_depth_match_eq9(x64, separate_depth_mask):
     np.testing.assert_allclose(ga, fd_grad(lambda a: np_keypoints(a, xb, vis, z, zg, zmask), x), atol=1e-7)
     np.testing.assert_allclose(gz, fd_grad(lambda d: np_keypoints(x, xb, vis, d, zg, zmask), z), atol=1e-7)
     np.testing.assert_allclose(gt, fd_grad(lambda t: np_keypoints(x, xb, vis, z, t, zmask), zg), atol=1e-7)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.1, 3.0])
+def test_keypoints_depth_weight_scales_only_the_depth_term(x64, weight):
+    rng = _rng(14)
+    k = 17
+    x, xb = rng.normal(size=(k, 2)), rng.normal(size=(k, 2))
+    z, zg = rng.normal(size=k), rng.normal(size=k)
+    vis = (rng.random(k) < 0.7).astype(np.float64)
+    got = losses.l_keypoints(jnp.asarray(x), jnp.asarray(xb), jnp.asarray(vis), jnp.asarray(z), jnp.asarray(zg),
+                             depth_weight=weight)
+    np.testing.assert_allclose(float(got), np_keypoints(x, xb, vis, z, zg, depth_weight=weight), rtol=1e-12)
+    g = jax.grad(lambda d: losses.l_keypoints(jnp.asarray(x), jnp.asarray(xb), jnp.asarray(vis), d, jnp.asarray(zg),
+                                              depth_weight=weight))(jnp.asarray(z))
+    np.testing.assert_allclose(g, fd_grad(lambda d: np_keypoints(x, xb, vis, d, zg, depth_weight=weight), z), atol=1e-7)
 
 
 def test_keypoints_depth_term_needs_both_arrays():

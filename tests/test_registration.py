@@ -329,7 +329,7 @@ def test_weights_and_steps_share_one_program_and_structure_recompiles(template, 
     dirty = batch.replace(dense_xy=batch.dense_xy + 0.5)
     reg.register(template, dirty, init, reg.stiff_config(num_steps=FIT.num_steps), IMAGE)
     reg.register(template, batch, init, dataclasses.replace(FIT, num_steps=3, w_dense=10.0, w_angle=0.5,
-                                                            lr_final_fraction=0.1), IMAGE)
+                                                            lr_final_fraction=0.1, w_depth=0.2), IMAGE)
     assert reg._register._cache_size() == n
     reg.register(template, batch, init, dataclasses.replace(FIT, num_steps=2, dense_reduction="sum"), IMAGE)
     assert reg._register._cache_size() == n + 1
@@ -439,6 +439,13 @@ def test_data_objective_is_the_weighted_image_terms(template, batch, init, clean
     expected = DATA_OBJ.w_dense * terms["l_dense"] + DATA_OBJ.w_kp * (terms["l_kp"] + np.sum(dz ** 2, -1))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     assert np.all(got > np.asarray(reg.data_objective(template, batch, init, DATA_OBJ, IMAGE)))
+    # w_depth weighs the depth part alone, as a value of the same program
+    n = reg._data_objective._cache_size()
+    weighted = np.asarray(reg.data_objective(template, with_depth, init, dataclasses.replace(DATA_OBJ, w_depth=0.25),
+                                             IMAGE))
+    np.testing.assert_allclose(weighted, DATA_OBJ.w_dense * terms["l_dense"]
+                               + DATA_OBJ.w_kp * (terms["l_kp"] + 0.25 * np.sum(dz ** 2, -1)), rtol=1e-4, atol=1e-6)
+    assert reg._data_objective._cache_size() == n
     no_depth = dataclasses.replace(DATA_OBJ, use_depth=False)
     np.testing.assert_array_equal(reg.data_objective(template, with_depth, init, no_depth, IMAGE),
                                   reg.data_objective(template, batch, init, DATA_OBJ, IMAGE))
@@ -482,3 +489,14 @@ def test_data_objective_rejects_bad_inputs(template, batch, init):
 def test_data_objective_rejects_a_dict(template, batch, init):
     with pytest.raises(ValueError, match=r"^data_objective: batch must be a bodyjax\.batch\.Batch"):
         reg.data_objective(template, {f: getattr(batch, f) for f in INPUT_FIELDS}, init, DATA_OBJ, IMAGE)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("w_depth", -0.5, r"RegistrationConfig\.w_depth must be >= 0, got -0\.5"),
+    ("w_depth", float("nan"), r"RegistrationConfig\.w_depth must be >= 0, got nan"),
+    ("num_steps", -1, r"RegistrationConfig\.num_steps must be >= 0, got -1"),
+    ("dense_reduction", "median", r"RegistrationConfig\.dense_reduction"),
+])
+def test_config_refuses_bad_fields(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        reg.RegistrationConfig(**{field: value})

@@ -386,6 +386,40 @@ def test_eval_loss_zero_at_exact_prediction(template, tiny_state):
     assert float(terms["l_regress"]) > 1e-3
 
 
+def test_joints3d_term_is_the_root_relative_joint_distance_to_the_fit(template):
+    """The extension term: mean over the 24 joints of the squared distance (m²) between the
+    root-relative camera-frame joints of the prediction and of the target, weighted into the loss
+    by ``joints3d_weight``; absent at 0 (eq. 13 as written)."""
+    rng = np.random.default_rng(31)
+    size = TINY.image_size
+    pred, target = _random_params(rng, BATCH, size), _random_params(rng, BATCH, size)
+    vid = rng.integers(0, template.num_vertices, (BATCH, NUM_POINTS)).astype(np.int32)
+    xy, kp = _project(template, pred, vid)
+    records = {"image": np.zeros((BATCH, size, size, 3), np.uint8), "dense_xy": xy, "dense_vertex": vid,
+               "dense_mask": np.ones((BATCH, NUM_POINTS), np.float32), "keypoints": kp,
+               "keypoint_visible": np.ones((BATCH, template.num_keypoints), np.float32),
+               "target_weight": np.float32([1, 1, 1, 0, 1, 1, 1, 1]),
+               **sample_lib.params_to_record(target, "target")}
+    batch = sample_lib.to_batch(records)
+    out = regressor.encode_head(camera.normalize_params(pred, (size, size)), "quaternion")
+    base, base_terms = regressor.loss_terms(out, batch, template, TINY)
+    assert "l_joints3d" not in base_terms
+    weighted = dataclasses.replace(TINY, joints3d_weight=2.5)
+    loss, terms = regressor.loss_terms(out, batch, template, weighted)
+    # reference: the full body's joints in float64, the flagged fit (weight 0) left out
+    def joints(p):
+        j = np.asarray(body.forward(template, p).joints, np.float64)
+        return j - j[:, :1]
+    per_person = np.mean(np.sum((joints(pred) - joints(target)) ** 2, axis=-1), axis=-1)
+    w = records["target_weight"].astype(np.float64)
+    expected = np.sum(w * per_person) / np.sum(w)
+    assert expected > 1e-3   # different poses: the term is really there
+    np.testing.assert_allclose(float(terms["l_joints3d"]), expected, rtol=1e-4)
+    np.testing.assert_allclose(float(loss), float(base) + 2.5 * expected, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"RegressorConfig\.joints3d_weight must be >= 0, got -1"):
+        dataclasses.replace(TINY, joints3d_weight=-1.0)
+
+
 def test_train_step_one_step(template, fake, tiny_state):
     records, _ = fake
     batch = sample_lib.to_batch(_take(records, 0, BATCH), with_gt=False)

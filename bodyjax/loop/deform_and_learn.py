@@ -70,8 +70,9 @@ class LoopConfig:
         2D corpus, as the paper's MPII) or ``'both'``.
       skip_flagged_fits: flagged fits get no regression target (weight 0).
       keep_best_fits: SPIN's fits dictionary (extension): keep the fit with the lower image terms.
-      first_round_relax_steps: (extension) after round 1's stiff fit from the T-pose, this many
-        steps with the later rounds' weights from it (0: the paper's round 1).
+      registration_relax: (extension) round 1 continues from its stiff fit from the T-pose with this
+        configuration (its ``num_steps`` passes; ``None`` or 0 steps: the paper's round 1). Its
+        depth term weighs round 1's lifter.
       regressor_maps: for the ``'parts'`` / ``'iuv'`` regressor, the training input maps:
         ``'labels'`` (the rendered / annotated labels) or ``'predicted'`` (the part / IUV
         predictor's, computed once per round from the training images and augmented with them);
@@ -98,7 +99,7 @@ class LoopConfig:
     lifter_keypoints: str = "images"
     skip_flagged_fits: bool = True
     keep_best_fits: bool = False
-    first_round_relax_steps: int = 0
+    registration_relax: Optional[registration.RegistrationConfig] = None
     regressor_maps: str = "labels"
     fit_views: fit_views.FitViewsConfig = fit_views.FitViewsConfig()
     workers: int = 0
@@ -425,10 +426,9 @@ def registration_stage(state: LoopState, template, data: Data, config: LoopConfi
                                   keypoint_depth_mask=vis)
         init = predict_records(state, template, records, config).params if later else None
         p, r = registration.register(template, batch, init, reg_config, size)
-        if not later and config.first_round_relax_steps > 0:
-            # EXTENSION: round 1 continues from its stiff fit with the later rounds' weights.
-            relaxed = dataclasses.replace(config.registration, num_steps=config.first_round_relax_steps)
-            p, r = registration.register(template, batch, p, relaxed, size)
+        if not later and config.registration_relax is not None and config.registration_relax.num_steps > 0:
+            # EXTENSION: round 1 continues from its stiff fit with a softer body.
+            p, r = registration.register(template, batch, p, config.registration_relax, size)
         n = len(idx)
         if config.keep_best_fits and later:
             old = _pad_index(state.fits, idx, len(records["keypoints"]))

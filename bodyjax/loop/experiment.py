@@ -46,6 +46,8 @@ def loop_config(config) -> "dnl.LoopConfig":
         registration_first=build(registration.RegistrationConfig, config.registration_first,
                                  "registration_first"),
         registration=build(registration.RegistrationConfig, config.registration, "registration"),
+        registration_relax=(build(registration.RegistrationConfig, config.registration_relax, "registration_relax")
+                            if "registration_relax" in config else None),
         regressor=build(regressor.RegressorConfig, config.regressor, "regressor"),
         augment=build(augment.AugmentConfig, config.augment, "augment"),
         iuv_net=build(iuv_net.IUVNetConfig, config.iuv_net, "iuv_net"),

@@ -65,6 +65,8 @@ class RegressorConfig:
       num_epochs: epochs per deform-and-learn round (30).
       batch_size: images per step (30; a multiple of the device count when data parallel).
       alpha, beta, gamma: weights of L_regress, L_dense, L_KP in eq. (13) (1, 10, 1).
+      joints3d_weight: EXTENSION (0 = eq. 13 as written): weight of a fourth term, the mean squared
+        distance (m²) between the root-relative 3D joints of the prediction and of the target fit.
       smooth_l1_beta: threshold of the smooth L1 of eq. (14).
       dense_reduction: ``'mean'`` or ``'sum'`` over the correspondences (eq. 8).
       pretrained: a torchvision-layout ResNet weights file (``.safetensors`` / ``.npz``) loaded
@@ -88,6 +90,7 @@ class RegressorConfig:
     alpha: float = 1.0
     beta: float = 10.0
     gamma: float = 1.0
+    joints3d_weight: float = 0.0
     smooth_l1_beta: float = 1.0
     dense_reduction: str = "mean"
     pretrained: str = ""
@@ -101,6 +104,8 @@ class RegressorConfig:
         for name in ("image_size", "batch_size", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RegressorConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not float(self.joints3d_weight) >= 0.0:
+            raise ValueError(f"RegressorConfig.joints3d_weight must be >= 0, got {self.joints3d_weight}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"RegressorConfig.lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
 
@@ -188,7 +193,8 @@ def loss_terms(out: Array, batch: Batch, template: body.BodyTemplate,
       config: the :class:`RegressorConfig`.
 
     Returns:
-      ``(loss, terms)``: the scalar loss and the batch means of ``l_regress``, ``l_dense``, ``l_kp``.
+      ``(loss, terms)``: the scalar loss and the batch means of ``l_regress``, ``l_dense``, ``l_kp``
+      and (when ``config.joints3d_weight > 0``) ``l_joints3d``.
     """
     size = (config.image_size, config.image_size)
     raw = split_head(out, config.pose_head)
@@ -204,7 +210,15 @@ def loss_terms(out: Array, batch: Batch, template: body.BodyTemplate,
     w = batch.target_weight
     reg = jnp.sum(w * l_reg) / jnp.maximum(jnp.sum(w), 1.0)
     loss = config.alpha * reg + config.beta * jnp.mean(l_dense) + config.gamma * jnp.mean(l_kp)
-    return loss, {"l_regress": reg, "l_dense": jnp.mean(l_dense), "l_kp": jnp.mean(l_kp)}
+    terms = {"l_regress": reg, "l_dense": jnp.mean(l_dense), "l_kp": jnp.mean(l_kp)}
+    if config.joints3d_weight > 0:
+        # EXTENSION: the fit's 3D joints as a target (root-relative, camera frame, metres)
+        target_joints = body.forward_subset(template, target, jnp.zeros((w.shape[0], 1), jnp.int32)).joints
+        d = (posed.joints - posed.joints[:, :1]) - (target_joints - target_joints[:, :1])
+        l_j = jnp.mean(jnp.sum(d ** 2, axis=-1), axis=-1)
+        terms["l_joints3d"] = jnp.sum(w * l_j) / jnp.maximum(jnp.sum(w), 1.0)
+        loss = loss + config.joints3d_weight * terms["l_joints3d"]
+    return loss, terms
 
 
 def _inputs(state: RegressorState, batch: Batch) -> Array:
