@@ -8,7 +8,7 @@ EXTENSIONS (what the papers do not have). Each algorithm's block maps straight o
 (``LifterConfig(**c.lifter)``, ``RegistrationConfig(**c.registration)``, ...).
 
 Variants (``--config configs/default.py:VARIANT``): ``smoke`` shrinks everything (tests, a quick
-look), ``bench`` is the larger setting where fidelity is measured (3,000 images; ~20 min on 2 cores).
+look), ``bench`` is the larger setting where fidelity is measured (3,000 images; 20–25 min on 2 cores).
 """
 import ml_collections
 

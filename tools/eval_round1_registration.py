@@ -64,12 +64,14 @@ def main():
     ap.add_argument("--workdir", required=True, help="the run's work directory (created and resumed)")
     ap.add_argument("--seed", type=int, default=0, help="config.seed and config.data.seed")
     ap.add_argument("--num", type=int, default=400, help="training images to fit")
+    ap.add_argument("--data-dir", default="", help="config.data.data_dir ('' = <workdir>/../data)")
     ap.add_argument("--variants", nargs="+", default=["depth=lifter", "depth=none"])
     args = ap.parse_args()
     variants = [(v, parse_variant(v)) for v in args.variants]
 
     c = load_config(args.config)
     c.seed = c.data.seed = args.seed
+    c.data.data_dir = args.data_dir
     c.pictures = False
     if not os.path.isdir(os.path.join(args.workdir, "checkpoints")):
         c.stop_after_stages = dnl.STAGES.index("registration")
