@@ -173,8 +173,11 @@ def test_keypoints_without_depth_match_eq9(x64):
     np.testing.assert_allclose(gb, fd_grad(lambda b: np_keypoints(x, b, vis), xb), atol=1e-7)
 
 
-@pytest.mark.parametrize("separate_depth_mask", [False, True])
-def test_keypoints_with_depth_match_eq9(x64, separate_depth_mask):
+@pytest.mark.parametrize("separate_depth_mask,weight", [(False, 1.0), (True, 1.0), (True, 0.1), (False, 3.0),
+                                                          (False, 0.0)])
+def test_keypoints_with_depth_match_eq9(x64, separate_depth_mask, weight):
+    """Eq. 9 against NumPy, value and gradients; ``depth_weight`` scales its depth term only (1 = as
+    written)."""
     rng = _rng(4)
     k = 17
     x, xb = rng.normal(size=(k, 2)), rng.normal(size=(k, 2))
@@ -182,29 +185,18 @@ def test_keypoints_with_depth_match_eq9(x64, separate_depth_mask):
     vis = (rng.random(k) < 0.6).astype(np.float64)
     zmask = (rng.random(k) < 0.5).astype(np.float64) if separate_depth_mask else None
     jm = None if zmask is None else jnp.asarray(zmask)
-    fn = lambda a, d, t: losses.l_keypoints(a, jnp.asarray(xb), jnp.asarray(vis), d, t, jm)  # noqa: E731
-    ref = np_keypoints(x, xb, vis, z, zg, zmask)
+    fn = lambda a, d, t: losses.l_keypoints(a, jnp.asarray(xb), jnp.asarray(vis), d, t, jm, weight)  # noqa: E731
+    ref_fn = lambda a, d, t: np_keypoints(a, xb, vis, d, t, zmask, weight)  # noqa: E731
+    ref = ref_fn(x, z, zg)
     np.testing.assert_allclose(float(fn(x, z, zg)), ref, rtol=1e-12)
-    assert ref > np_keypoints(x, xb, vis)  # the depth term is really there
+    if weight > 0:
+        assert ref > np_keypoints(x, xb, vis)  # the depth term is really there
+    else:
+        np.testing.assert_allclose(ref, np_keypoints(x, xb, vis), rtol=1e-12)
     ga, gz, gt = jax.grad(fn, argnums=(0, 1, 2))(jnp.asarray(x), jnp.asarray(z), jnp.asarray(zg))
-    np.testing.assert_allclose(ga, fd_grad(lambda a: np_keypoints(a, xb, vis, z, zg, zmask), x), atol=1e-7)
-    np.testing.assert_allclose(gz, fd_grad(lambda d: np_keypoints(x, xb, vis, d, zg, zmask), z), atol=1e-7)
-    np.testing.assert_allclose(gt, fd_grad(lambda t: np_keypoints(x, xb, vis, z, t, zmask), zg), atol=1e-7)
-
-
-@pytest.mark.parametrize("weight", [0.0, 0.1, 3.0])
-def test_keypoints_depth_weight_scales_only_the_depth_term(x64, weight):
-    rng = _rng(14)
-    k = 17
-    x, xb = rng.normal(size=(k, 2)), rng.normal(size=(k, 2))
-    z, zg = rng.normal(size=k), rng.normal(size=k)
-    vis = (rng.random(k) < 0.7).astype(np.float64)
-    got = losses.l_keypoints(jnp.asarray(x), jnp.asarray(xb), jnp.asarray(vis), jnp.asarray(z), jnp.asarray(zg),
-                             depth_weight=weight)
-    np.testing.assert_allclose(float(got), np_keypoints(x, xb, vis, z, zg, depth_weight=weight), rtol=1e-12)
-    g = jax.grad(lambda d: losses.l_keypoints(jnp.asarray(x), jnp.asarray(xb), jnp.asarray(vis), d, jnp.asarray(zg),
-                                              depth_weight=weight))(jnp.asarray(z))
-    np.testing.assert_allclose(g, fd_grad(lambda d: np_keypoints(x, xb, vis, d, zg, depth_weight=weight), z), atol=1e-7)
+    np.testing.assert_allclose(ga, fd_grad(lambda a: ref_fn(a, z, zg), x), atol=1e-7)
+    np.testing.assert_allclose(gz, fd_grad(lambda d: ref_fn(x, d, zg), z), atol=1e-7)
+    np.testing.assert_allclose(gt, fd_grad(lambda t: ref_fn(x, z, t), zg), atol=1e-7)
 
 
 def test_keypoints_depth_term_needs_both_arrays():
