@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Dict, Optional, Tuple
 
@@ -49,7 +48,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from bodyjax import checks, losses
+from bodyjax import checks, losses, pretrained
 from bodyjax.batch import UNLABELLED, UV_SCALE, Batch
 from bodyjax.regressor.model import init_key
 from bodyjax.regressor.network import NUM_PART_CLASSES, preprocess
@@ -378,10 +377,8 @@ def save_params(path: str, state: IUVNetState, metadata: Optional[dict] = None) 
       state: the :class:`IUVNetState`.
       metadata: optional JSON-able facts stored with them (how they were made, what they reach).
     """
-    flat = flax.traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
     info = {"network": {f: getattr(state.config, f) for f in NETWORK_FIELDS}, **(metadata or {})}
-    np.savez(path, __info__=np.asarray(json.dumps(info, sort_keys=True)),
-             **{f"params/{k}": np.asarray(v) for k, v in flat.items()})
+    pretrained.save_weights(path, {"params": jax.device_get(state.params)}, info)
 
 
 def load_params(state: IUVNetState, path: str, field: str = "path") -> IUVNetState:
@@ -397,30 +394,9 @@ def load_params(state: IUVNetState, path: str, field: str = "path") -> IUVNetSta
       ValueError: naming the file and the field when it is unreadable, was made for another
         network, or lacks / mis-shapes a parameter.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{field}: weights file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        info = json.loads(str(arrays.pop("__info__")))
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"{field}: cannot read the part / IUV predictor weights {path} "
-                         f"({type(e).__name__}: {e})") from e
-    for name, value in info.get("network", {}).items():
-        if getattr(state.config, name) != (tuple(value) if isinstance(value, list) else value):
-            raise ValueError(f"{field}: {path} holds a network with {name}={value!r}, the config has "
-                             f"{name}={getattr(state.config, name)!r} (config.iuv_net.{name})")
-    flat = flax.traverse_util.flatten_dict(state.params, sep="/")
-    new = {}
-    for key, value in flat.items():
-        stored = arrays.get(f"params/{key}")
-        if stored is None:
-            raise ValueError(f"{field}: {path} lacks the parameter {key!r}")
-        if stored.shape != tuple(value.shape):
-            raise ValueError(f"{field}: {path}: parameter {key!r} has shape {stored.shape}, the network "
-                             f"expects {tuple(value.shape)}")
-        new[key] = jnp.asarray(stored, value.dtype)
-    params = flax.traverse_util.unflatten_dict(new, sep="/")
+    arrays, info = pretrained.read_weights(path, field, "part / IUV predictor")
+    pretrained.check_network(info, state.config, path, field, "config.iuv_net")
+    params = pretrained.fill_variables(state.params, arrays, path, field, prefix="params/")
     return state.replace(params=params, opt_state=state.tx.init(params))
 
 

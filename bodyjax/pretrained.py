@@ -1,4 +1,6 @@
-"""Import of ImageNet-pretrained ResNet weights (torchvision layout) into :class:`bodyjax.resnet.ResNet`.
+"""Import of ImageNet-pretrained ResNet weights (torchvision layout) into :class:`bodyjax.resnet.ResNet`,
+and the project's own weights files (:func:`save_weights`, :func:`read_weights`: the shipped part
+predictor and regressor, whose loaders check the stored network fields and every shape).
 
 The user provides the file (no download happens here): a ``.safetensors`` or ``.npz`` file holding
 the state dict of a torchvision ResNet with its usual names, e.g. for ResNet50::
@@ -182,3 +184,70 @@ def load_pretrained_backbone(state, source, strict: bool = True):
     params = variables["params"]
     return state.replace(params=params, batch_stats=variables["batch_stats"],
                          opt_state=state.tx.init(params)), report
+
+
+# ----------------------------------------------------------------------------------------------
+# The project's own weights files (the shipped part predictor and regressor)
+
+
+def save_weights(path: str, variables: Mapping[str, Any], info: dict, dtype=None) -> None:
+    """Writes nested ``variables`` (e.g. ``{'params': ..., 'batch_stats': ...}``) as ``.npz``
+    entries named by their ``/``-joined paths, with ``info`` (JSON) under ``__info__``.
+
+    Args:
+      path: the file.
+      variables: nested dicts of arrays.
+      info: JSON-able facts stored with them (the network config, how they were made).
+      dtype: storage dtype (``None``: as they are; ``np.float16`` halves the file).
+    """
+    import json  # noqa: PLC0415
+
+    flat = flax.traverse_util.flatten_dict(variables, sep="/")
+    np.savez(path, __info__=np.asarray(json.dumps(info, sort_keys=True)),
+             **{k: np.asarray(v) if dtype is None else np.asarray(v, dtype) for k, v in flat.items()})
+
+
+def read_weights(path: str, field: str, what: str):
+    """``(arrays, info)`` of a file of :func:`save_weights`.
+
+    Raises:
+      FileNotFoundError: naming ``field`` and the file.
+      ValueError: naming both when the file cannot be read (``what`` names its content).
+    """
+    import json  # noqa: PLC0415
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{field}: weights file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        info = json.loads(str(arrays.pop("__info__")))
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"{field}: cannot read the {what} weights {path} ({type(e).__name__}: {e})") from e
+    return arrays, info
+
+
+def check_network(info: dict, config: Any, path: str, field: str, config_path: str) -> None:
+    """Raises ``ValueError`` when a network field stored in ``info['network']`` differs from
+    ``config``'s, naming the file, the field and ``config_path.<name>``."""
+    for name, value in info.get("network", {}).items():
+        mine = getattr(config, name)
+        if mine != (tuple(value) if isinstance(value, list) and isinstance(mine, tuple) else value):
+            raise ValueError(f"{field}: {path} holds a network with {name}={value!r}, the config has "
+                             f"{name}={mine!r} ({config_path}.{name})")
+
+
+def fill_variables(variables: Mapping[str, Any], arrays: Mapping[str, np.ndarray], path: str,
+                   field: str, prefix: str = "") -> dict:
+    """``variables`` (nested) with every leaf replaced by ``arrays[prefix + '/'-joined path]``, cast
+    to the leaf's dtype; ``ValueError`` (naming the file) on a missing or mis-shaped entry."""
+    new = {}
+    for key, value in flax.traverse_util.flatten_dict(variables, sep="/").items():
+        stored = arrays.get(prefix + key)
+        if stored is None:
+            raise ValueError(f"{field}: {path} lacks the variable {prefix + key!r}")
+        if stored.shape != tuple(value.shape):
+            raise ValueError(f"{field}: {path}: variable {prefix + key!r} has shape {stored.shape}, the "
+                             f"network expects {tuple(value.shape)}")
+        new[key] = jnp.asarray(stored, value.dtype)
+    return flax.traverse_util.unflatten_dict(new, sep="/")

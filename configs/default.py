@@ -12,7 +12,7 @@ look), ``bench`` is the larger setting where fidelity is measured (3,000 images;
 """
 import ml_collections
 
-from bodyjax import iuv_net
+from bodyjax import iuv_net, regressor
 from bodyjax.loop import compilation_cache
 
 
@@ -115,7 +115,14 @@ def get_config(variant: str = ""):
     c.regressor.gamma = 1.0               # γ (keypoints)
     c.regressor.joints3d_weight = 100.0   # EXTENSION: a 4th term of eq. 13, the fits' root-relative 3D
                                           # joints (m²); 0 = eq. 13 as written
-    c.regressor.pretrained = ""           # torchvision-layout ResNet weights (.safetensors/.npz)
+    c.regressor.head = "linear"           # the paper's one dense layer ('ief': HMR's iterative error
+                                          # feedback, an EXTENSION; not better here, BENCHMARKS)
+    c.regressor.coords = False            # EXTENSION (CoordConv): x, y channels appended to the input
+    c.regressor.pretrained = regressor.PRETRAINED_IUV_48  # EXTENSION (the paper: ImageNet weights): the
+                                          # whole network pretrained on other synthetic people's 2D labels
+                                          # alone (dense points, keypoints; tools/pretrain_regressor.py),
+                                          # for this network (ResNet18, width 32, IUV at 48 px); '' =
+                                          # from scratch; or torchvision-layout ResNet weights
 
     c.augment = ml_collections.ConfigDict()  # bodyjax.data.augment.AugmentConfig (not in the paper)
     c.augment.enabled = True              # scale, rotation, shift, colour
@@ -184,6 +191,7 @@ def apply_variant(c, variant: str, where: str):
         c.regressor.image_size = 32
         c.regressor.num_epochs = 1
         c.regressor.batch_size = 8
+        c.regressor.pretrained = ""       # the shipped regressor is for width 32 at 48 px
         c.iuv_net.image_size = 32
         c.iuv_net.pretrained = ""         # the shipped predictor is for 64-px crops
         c.iuv_net.num_epochs = 1

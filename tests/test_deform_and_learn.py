@@ -179,6 +179,7 @@ def test_paper_config_keeps_the_papers_registration_and_regressor():
     assert loop.registration.num_steps == 100 and loop.registration.learning_rate == 0.1
     assert loop.regressor.joints3d_weight == 0.0 and loop.regressor.lr_final_fraction == 1.0
     assert loop.regressor.input == "rgb" and not loop.keep_best_fits
+    assert loop.regressor.pretrained == "" and loop.regressor.head == "linear" and not loop.regressor.coords
 
 
 def test_mean_params_is_the_mean_of_the_fits():

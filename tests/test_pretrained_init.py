@@ -94,3 +94,41 @@ def test_pretrained_errors_name_the_field_and_the_file(tmp_path):
         dnl.with_pretrained_backbone(state, dataclasses.replace(loop.regressor, pretrained=str(bad)))
     # no path: unchanged
     assert dnl.with_pretrained_backbone(state, loop.regressor) is state
+
+
+def test_the_shipped_regressor_is_the_default_network_and_loads():
+    """configs/default.py's regressor starts from the shipped asset: the whole network, made for it."""
+    loop = experiment.loop_config(default.get_config())
+    assert loop.regressor.pretrained == regressor.PRETRAINED_IUV_48
+    fresh = regressor.create_state(0, loop.regressor)
+    state = dnl.with_pretrained_backbone(fresh, loop.regressor)
+    with np.load(regressor.PRETRAINED_IUV_48) as f:
+        stored = f["params/head/kernel"].astype(np.float32)
+        info = f["__info__"]
+    np.testing.assert_array_equal(state.params["head"]["kernel"], stored)
+    assert "2D only" in str(info)
+    # the smoke variant's smaller network does not take it (and does not ask for it)
+    assert experiment.loop_config(default.get_config("smoke")).regressor.pretrained == ""
+
+
+def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
+    """tools/pretrain_regressor.py at a tiny size: its file loads into the matching network, and
+    its records carry no parameter target (weight 0: the 2D terms of eq. 13 alone)."""
+    import sys  # noqa: PLC0415
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    import pretrain_regressor  # noqa: PLC0415
+
+    template = body.default_template()
+    records = synthetic.make_split(template, synthetic.SyntheticConfig(image_size=32, max_points=16,
+                                                                       num_points=(8, 16)), seed=3, num_samples=2)
+    marked = pretrain_regressor.with_rest_targets({k: records[k] for k in pretrain_regressor.FIELDS}, template)
+    np.testing.assert_array_equal(marked["target_weight"], 0.0)
+    out = tmp_path / "reg.npz"
+    info = pretrain_regressor.main(["--out", str(out), "--data-dir", str(tmp_path / "data"), "--images", "16",
+                                    "--held-out", "8", "--data-size", "32", "--image-size", "32", "--width", "8",
+                                    "--epochs", "1", "--batch-size", "8", "--maps", "labels"])
+    assert np.isfinite(info["held_out_keypoint_px"]) and info["flags"]["maps"] == "labels"
+    config = regressor.RegressorConfig(depth=18, width=8, image_size=32, input="iuv")
+    state = regressor.load_params(regressor.create_state(0, config), str(out))
+    assert int(state.step) == 0

@@ -857,3 +857,84 @@ def test_round_schedule_decays_to_the_final_fraction_and_the_fraction_is_checked
     assert float(_schedule(lr, 1.0, total)(77)) == pytest.approx(lr)
     with pytest.raises(ValueError, match="lr_final_fraction must be in"):
         regressor.RegressorConfig(lr_final_fraction=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Extensions of the network: the IEF head, coordinate channels, whole-network weights
+
+
+def test_coordinate_channels_are_the_pixel_centres():
+    from bodyjax.regressor.network import coordinate_channels  # noqa: PLC0415
+
+    x = np.random.default_rng(0).normal(size=(2, 4, 6, 3)).astype(np.float32)
+    y = np.asarray(coordinate_channels(jnp.asarray(x)))
+    assert y.shape == (2, 4, 6, 5)
+    np.testing.assert_array_equal(y[..., :3], x)
+    xs = (np.arange(6) + 0.5) / 6 * 2 - 1   # column centres, left to right
+    ys = (np.arange(4) + 0.5) / 4 * 2 - 1   # row centres, top to bottom
+    np.testing.assert_allclose(y[1, :, :, 3], np.broadcast_to(xs, (4, 6)), atol=1e-6)
+    np.testing.assert_allclose(y[1, :, :, 4], np.broadcast_to(ys[:, None], (4, 6)), atol=1e-6)
+
+
+@pytest.mark.parametrize("changes", [dict(head="ief", head_hidden=16, head_iterations=2), dict(coords=True)])
+def test_network_extensions_start_at_the_rest_body_and_train(template, fake, changes):
+    config = dataclasses.replace(TINY_IUV, **changes)
+    state = regressor.create_state(0, config)
+    records, _ = fake
+    batch = sample_lib.to_batch(_take(records, 0, BATCH), with_gt=False)
+    x = regressor.network_input("iuv", iuv=batch.iuv)
+    out = np.asarray(state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False))
+    rest = regressor.rest_head(config.pose_head, config.typical_scale)
+    np.testing.assert_allclose(out, np.broadcast_to(rest, out.shape), atol=0.05)
+    assert ("ief_fc1" in state.params) == (config.head == "ief")
+    if config.coords:   # the first convolution reads the two coordinate channels too
+        assert state.params["backbone"]["conv1"]["kernel"].shape[2] == regressor.input_channels("iuv") + 2
+    new, stats = regressor.train_step(_fresh(state), batch, template)
+    assert np.isfinite(float(stats["loss"])) and int(new.step) == 1
+    with pytest.raises(ValueError, match=r"RegressorConfig\.head must be one of .*'mlp'"):
+        dataclasses.replace(TINY, head="mlp")
+
+
+def _perturbed(state, seed):
+    rng = np.random.default_rng(seed)
+    noise = lambda v: jnp.asarray(np.asarray(v) + rng.normal(0, 0.05, np.shape(v)).astype(np.float32))  # noqa: E731
+    return state.replace(params=jax.tree_util.tree_map(noise, state.params),
+                         batch_stats=jax.tree_util.tree_map(lambda v: jnp.abs(noise(v)), state.batch_stats))
+
+
+def test_whole_network_weights_round_trip_and_refuse_another_network(template, fake, tmp_path):
+    from bodyjax.loop import deform_and_learn as dnl  # noqa: PLC0415
+
+    trained = _perturbed(regressor.create_state(0, TINY_IUV), seed=3)
+    path = str(tmp_path / "regressor.npz")
+    regressor.save_params(path, trained, {"note": "test"})
+    assert regressor.is_params_file(path)
+    loaded = regressor.load_params(regressor.create_state(1, TINY_IUV), path)
+    for a, b in zip(jax.tree_util.tree_leaves((trained.params, trained.batch_stats)),
+                    jax.tree_util.tree_leaves((loaded.params, loaded.batch_stats))):
+        np.testing.assert_array_equal(a, b)
+    records, _ = fake
+    maps = records["iuv"][:4]
+    want = regressor.predict(trained, template, iuv=maps, with_vertices=False).joints
+    np.testing.assert_array_equal(regressor.predict(loaded, template, iuv=maps, with_vertices=False).joints, want)
+    # stored as float16: the same network up to the rounding of its weights
+    half = str(tmp_path / "half.npz")
+    regressor.save_params(half, trained, dtype=np.float16)
+    got = regressor.predict(regressor.load_params(regressor.create_state(1, TINY_IUV), half), template,
+                            iuv=maps, with_vertices=False).joints
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    # the loop's config.regressor.pretrained reads it as the whole network (head included)
+    cfg = dataclasses.replace(TINY_IUV, pretrained=path)
+    via_loop = dnl.with_pretrained_backbone(regressor.create_state(2, cfg), cfg)
+    np.testing.assert_array_equal(via_loop.params["head"]["bias"], trained.params["head"]["bias"])
+    # another network: refused, naming the field, the file and the differing setting
+    for changes, field in ((dict(width=16), "width"), (dict(head="ief", head_hidden=16), "head"),
+                           (dict(input="parts"), "input")):
+        other = dataclasses.replace(TINY_IUV, **changes)
+        with pytest.raises(ValueError, match=rf"config\.regressor\.pretrained: .*regressor\.npz holds a network "
+                                             rf"with {field}=.*\(config\.regressor\.{field}\)"):
+            regressor.load_params(regressor.create_state(0, other), path, "config.regressor.pretrained")
+    with pytest.raises(FileNotFoundError, match=r"x: weights file not found: .*nowhere\.npz"):
+        regressor.load_params(trained, str(tmp_path / "nowhere.npz"), "x")
+    np.savez(tmp_path / "torchvision.npz", **{"conv1.weight": np.zeros((8, 3, 7, 7), np.float32)})
+    assert not regressor.is_params_file(str(tmp_path / "torchvision.npz"))

@@ -50,6 +50,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import flax.traverse_util  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -84,10 +85,11 @@ def gt_params(data: dict) -> body.BodyParams:
     return sample_lib.params_from_record(data, "gt")
 
 
-def training_source(data: dict) -> ArraySource:
-    """The training records joined with their targets θ_fit = the ground truth (weight 1)."""
+def training_source(data: dict, weight: float = 1.0) -> ArraySource:
+    """The training records joined with their targets θ_fit = the ground truth (weight ``weight``;
+    0 = the 2D terms of eq. 13 alone: no parameter or 3D joint target)."""
     arrays = dict(data, **sample_lib.params_to_record(gt_params(data), "target"))
-    arrays["target_weight"] = np.ones(len(data["image"]), np.float32)
+    arrays["target_weight"] = np.full(len(data["image"]), weight, np.float32)
     return ArraySource(arrays, name="synthetic train")
 
 
@@ -148,6 +150,15 @@ def main(argv=None):
                              "full: AugmentConfig(); flip: left/right flips only; none: no augmentation")
     parser.add_argument("--yaw", type=float, default=180.0,
                         help="synthetic people turn by up to ±YAW degrees about the vertical (default: all round)")
+    parser.add_argument("--head", default="linear", choices=regressor.HEADS,
+                        help="linear (the paper) or ief (iterative error feedback, an extension)")
+    parser.add_argument("--coords", action="store_true", help="append x, y coordinate channels (CoordConv)")
+    parser.add_argument("--joints3d", type=float, default=0.0,
+                        help="weight of the root-relative 3D joint term (0: eq. 13 as written)")
+    parser.add_argument("--two-d-only", action="store_true",
+                        help="train on the 2D terms of eq. 13 alone (targets weighted 0): 2D labels only")
+    parser.add_argument("--init", default=None, help="start from the variables saved by --save")
+    parser.add_argument("--save", default=None, help="write the trained variables (.npz) here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=None, help="directory to keep the generated data sets in (.npz)")
     parser.add_argument("--workers", type=int, default=0,
@@ -165,7 +176,8 @@ def main(argv=None):
                                   pose_head=args.pose_head, input=args.input, learning_rate=args.lr,
                                   num_epochs=args.epochs, batch_size=args.batch, lr_final_fraction=args.lr_final,
                                   alpha=args.weights[0], beta=args.weights[1], gamma=args.weights[2],
-                                  smooth_l1_beta=args.smooth_l1_beta)
+                                  smooth_l1_beta=args.smooth_l1_beta, head=args.head, coords=args.coords,
+                                  joints3d_weight=args.joints3d)
     aug = {"full": augment.AugmentConfig(), "none": augment.AugmentConfig(enabled=False),
            "geo": augment.AugmentConfig(flip_prob=0.0),
            "flip": augment.AugmentConfig(scale_range=(1.0, 1.0), rotation=0.0, translate=0.0, brightness=0.0,
@@ -176,7 +188,14 @@ def main(argv=None):
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
     state = regressor.create_state(args.seed, config)
-    source = training_source(train)
+    if args.init:
+        with np.load(args.init) as f:
+            flat = {tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files}
+        v = flax.traverse_util.unflatten_dict(flat)
+        state = state.replace(params=v["params"], batch_stats=v["batch_stats"],
+                              opt_state=state.tx.init(v["params"]))
+        print(f"initialised from {args.init}")
+    source = training_source(train, 0.0 if args.two_d_only else 1.0)
     batch_size = min(config.batch_size, len(source)) // jax.device_count() * jax.device_count()
     if batch_size == 0:
         raise SystemExit(f"need at least {jax.device_count()} training images (one per device)")
@@ -201,6 +220,9 @@ def main(argv=None):
     state, _ = epochs.run_epochs(state, step, batches, config.num_epochs, progress)
     t_train = time.perf_counter() - t0
 
+    if args.save:
+        flat = flax.traverse_util.flatten_dict({"params": state.params, "batch_stats": state.batch_stats}, sep="/")
+        np.savez(args.save, **{k: np.asarray(v) for k, v in flat.items()})
     result = evaluate(state, template, test)
     train_result = evaluate(state, template, {k: v[:args.test] for k, v in train.items()})
     gt_test = np.asarray(test["gt_joints3d"])

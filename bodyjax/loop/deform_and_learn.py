@@ -192,9 +192,12 @@ def _pretrained_iuv_net(state: iuv_net.IUVNetState) -> iuv_net.IUVNetState:
 
 def with_pretrained_backbone(state: regressor.RegressorState,
                              config: regressor.RegressorConfig) -> regressor.RegressorState:
-    """The regressor with ``config.pretrained`` (torchvision-layout ResNet weights) in its backbone.
+    """The regressor with ``config.pretrained`` loaded.
 
-    No-op without a path. The head stays, Adam restarts (:func:`bodyjax.pretrained.load_pretrained_backbone`).
+    No-op without a path. A file of :func:`bodyjax.regressor.save_params` (the project's pretrained
+    regressor, e.g. :data:`bodyjax.regressor.PRETRAINED_IUV_48`) replaces the whole network; any other
+    file is read as torchvision-layout ResNet weights into the backbone, the head staying
+    (:func:`bodyjax.pretrained.load_pretrained_backbone`). Adam restarts either way.
 
     Raises:
       FileNotFoundError: naming ``config.regressor.pretrained`` and the file, when it does not exist.
@@ -208,6 +211,8 @@ def with_pretrained_backbone(state: regressor.RegressorState,
 
     if not os.path.isfile(os.path.expanduser(path)):
         raise FileNotFoundError(f"config.regressor.pretrained: weight file not found: {path}")
+    if regressor.is_params_file(os.path.expanduser(path)):
+        return regressor.load_params(state, os.path.expanduser(path), "config.regressor.pretrained")
     try:
         weights = pretrained.load_state_dict(os.path.expanduser(path))
     except Exception as e:  # noqa: BLE001 - re-raised with the field and the file named

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import flax.struct
@@ -33,10 +34,10 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from bodyjax import body, camera, checks, losses
+from bodyjax import body, camera, checks, losses, pretrained
 from bodyjax.batch import Batch
 from bodyjax.regressor.head import POSE_HEADS, decode_head, regression_vectors, split_head
-from bodyjax.regressor.network import INPUTS, Regressor, input_channels, network_input
+from bodyjax.regressor.network import HEADS, INPUTS, Regressor, input_channels, network_input
 
 Array = jnp.ndarray
 
@@ -58,6 +59,10 @@ class RegressorConfig:
       log_clip: the head's log-scales are clipped to ``±log_clip`` before ``exp``.
       zero_init_residual: see :class:`bodyjax.resnet.ResNet`.
       dtype: computation dtype of the backbone (``'float32'`` or ``'bfloat16'``).
+      head: ``'linear'`` (the paper: one dense layer) or ``'ief'`` (EXTENSION: HMR's iterative error
+        feedback, ``head_iterations`` passes of two dense layers of ``head_hidden`` units).
+      head_hidden, head_iterations: the ``'ief'`` head's width and number of passes.
+      coords: EXTENSION (CoordConv): append the pixels' x, y coordinates to the network input.
     Training:
       learning_rate: Adam learning rate (1e-4, fine-tuning an ImageNet-pretrained ResNet50).
       lr_final_fraction: a round's learning rate is cosine-decayed to this fraction (1.0 = constant,
@@ -69,8 +74,9 @@ class RegressorConfig:
         distance (m²) between the root-relative 3D joints of the prediction and of the target fit.
       smooth_l1_beta: threshold of the smooth L1 of eq. (14).
       dense_reduction: ``'mean'`` or ``'sum'`` over the correspondences (eq. 8).
-      pretrained: a torchvision-layout ResNet weights file (``.safetensors`` / ``.npz``) loaded
-        into the backbone before the first round (:mod:`bodyjax.pretrained`), or ``''``.
+      pretrained: loaded before the first round, or ``''``: a file of :func:`save_params` (the whole
+        network, e.g. the shipped :data:`PRETRAINED_IUV_48`) or a torchvision-layout ResNet weights
+        file (``.safetensors`` / ``.npz``, into the backbone; :mod:`bodyjax.pretrained`).
     """
 
     depth: int = 50
@@ -83,6 +89,10 @@ class RegressorConfig:
     log_clip: float = 5.0
     zero_init_residual: bool = True
     dtype: str = "float32"
+    head: str = "linear"
+    head_hidden: int = 512
+    head_iterations: int = 3
+    coords: bool = False
     learning_rate: float = 1e-4
     lr_final_fraction: float = 1.0
     num_epochs: int = 30
@@ -99,9 +109,10 @@ class RegressorConfig:
         checks.check_choice("RegressorConfig.pose_head", self.pose_head, POSE_HEADS)
         checks.check_choice("RegressorConfig.input", self.input, INPUTS)
         checks.check_choice("RegressorConfig.dense_reduction", self.dense_reduction, ("mean", "sum"))
+        checks.check_choice("RegressorConfig.head", self.head, HEADS)
         if self.typical_scale <= 0:
             raise ValueError(f"RegressorConfig.typical_scale must be positive, got {self.typical_scale}")
-        for name in ("image_size", "batch_size", "width"):
+        for name in ("image_size", "batch_size", "width", "head_hidden", "head_iterations"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RegressorConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not float(self.joints3d_weight) >= 0.0:
@@ -113,13 +124,16 @@ class RegressorConfig:
         """The Flax module of this configuration (one object per network configuration, so that
         states created separately have equal ``apply_fn`` and share the compiled steps)."""
         return _network(self.depth, self.width, self.pose_head, self.typical_scale, self.head_init_std,
-                        self.zero_init_residual, self.dtype)
+                        self.zero_init_residual, self.dtype, self.head, int(self.head_hidden),
+                        int(self.head_iterations), bool(self.coords))
 
 
 @functools.lru_cache(maxsize=None)
-def _network(depth, width, pose_head, typical_scale, head_init_std, zero_init_residual, dtype) -> Regressor:
+def _network(depth, width, pose_head, typical_scale, head_init_std, zero_init_residual, dtype,
+             head, head_hidden, head_iterations, coords) -> Regressor:
     return Regressor(depth=depth, width=width, pose_head=pose_head, typical_scale=typical_scale,
-                     head_init_std=head_init_std, zero_init_residual=zero_init_residual, dtype=dtype)
+                     head_init_std=head_init_std, zero_init_residual=zero_init_residual, dtype=dtype,
+                     head=head, head_hidden=head_hidden, head_iterations=head_iterations, coords=coords)
 
 
 def cpu_config(**overrides) -> RegressorConfig:
@@ -423,3 +437,66 @@ def predict(state: RegressorState, template: body.BodyTemplate, images=None, iuv
     pp, pn, vertices, joints, kp = (jax.tree_util.tree_map(cat, *[c[i] for c in chunks])
                                     if chunks[0][i] is not None else None for i in range(5))
     return Prediction(params=pp, params_normalized=pn, vertices=vertices, joints=joints, keypoints2d=kp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole-network weights (the project's pretrained regressor)
+
+#: The network fields a weights file of :func:`save_params` must agree on with the config loading it.
+NETWORK_FIELDS = ("depth", "width", "input", "pose_head", "typical_scale", "head", "head_hidden",
+                  "head_iterations", "coords")
+#: Marks a file of :func:`save_params` (torchvision state dicts have no such entry).
+FORMAT = "bodyjax-regressor-1"
+
+
+def save_params(path: str, state: RegressorState, metadata: Optional[dict] = None,
+                dtype=np.float32) -> None:
+    """Writes the whole network (backbone, head, BatchNorm statistics) and its config to ``path``.
+
+    Args:
+      path: the ``.npz`` file.
+      state: the :class:`RegressorState`.
+      metadata: optional JSON-able facts stored with them (how they were made, what they reach).
+      dtype: storage dtype of the arrays (``np.float16`` halves the file; they are read back as
+        float32).
+    """
+    info = {"format": FORMAT, "image_size": int(state.config.image_size),
+            "network": {f: getattr(state.config, f) for f in NETWORK_FIELDS}, **(metadata or {})}
+    pretrained.save_weights(path, jax.device_get({"params": state.params, "batch_stats": state.batch_stats}),
+                            info, dtype)
+
+
+def is_params_file(path: str) -> bool:
+    """Whether ``path`` is an ``.npz`` written by :func:`save_params` (not a torchvision state dict)."""
+    if not str(path).endswith(".npz"):
+        return False
+    try:
+        return pretrained.read_weights(path, "path", "regressor")[1].get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - not ours (the caller reports unreadable files)
+        return False
+
+
+def load_params(state: RegressorState, path: str, field: str = "path") -> RegressorState:
+    """``state`` with its whole network read from a file of :func:`save_params` (Adam restarts).
+
+    Args:
+      state: a state whose config's network fields (:data:`NETWORK_FIELDS`) match the file's.
+      path: the file.
+      field: how the caller names the path in messages (e.g. ``config.regressor.pretrained``).
+
+    Raises:
+      FileNotFoundError: naming ``field`` and the file.
+      ValueError: naming the file and the field when it is unreadable, was made for another
+        network, or lacks / mis-shapes a variable.
+    """
+    arrays, info = pretrained.read_weights(path, field, "regressor")
+    pretrained.check_network(info, state.config, path, field, "config.regressor")
+    v = pretrained.fill_variables({"params": state.params, "batch_stats": state.batch_stats}, arrays, path, field)
+    return _canonical(state.replace(params=v["params"], batch_stats=v["batch_stats"],
+                                    opt_state=state.tx.init(v["params"])))
+
+
+#: The project's regressor pretrained on other synthetic people's 2D labels (IUV maps at 48 px,
+#: ResNet18 at width 32; ``tools/pretrain_regressor.py`` rebuilds it).
+PRETRAINED_IUV_48 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                 "regressor_iuv_s48.npz")

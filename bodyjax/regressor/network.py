@@ -73,11 +73,31 @@ def network_input(kind: str, image=None, iuv=None) -> Array:
     return encode_maps(iuv, kind)
 
 
-class Regressor(nn.Module):
-    """ResNet backbone + linear head: ``(B, H, W, C)`` network input → ``(B, head_size)``.
+HEADS = ("linear", "ief")
 
-    The head's kernel starts small (normal, ``head_init_std``) and its bias is the rest parameter
-    vector (:func:`bodyjax.regressor.head.rest_head`), so training starts at a sane body.
+
+def coordinate_channels(x: Array) -> Array:
+    """``x (B, H, W, C)`` with two channels appended: the pixel centres' x and y in [-1, 1]."""
+    b, h, w, _ = x.shape
+    ys = (jnp.arange(h, dtype=x.dtype) + 0.5) / h * 2.0 - 1.0
+    xs = (jnp.arange(w, dtype=x.dtype) + 0.5) / w * 2.0 - 1.0
+    grid = jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1)  # (H, W, 2): x, y
+    return jnp.concatenate([x, jnp.broadcast_to(grid, (b, h, w, 2))], axis=-1)
+
+
+class Regressor(nn.Module):
+    """ResNet backbone + head: ``(B, H, W, C)`` network input → ``(B, head_size)``.
+
+    Heads:
+      ``'linear'`` (the paper): one dense layer whose kernel starts small (normal,
+      ``head_init_std``) and whose bias is the rest parameter vector
+      (:func:`bodyjax.regressor.head.rest_head`), so training starts at a sane body.
+      ``'ief'`` (EXTENSION; HMR's and SPIN's iterative error feedback): ``head_iterations`` times,
+      the features and the current estimate (starting at the rest vector) go through two dense
+      ReLU layers of ``head_hidden`` units (shared across the iterations), whose small-initialised
+      output is added to the estimate.
+    ``coords`` (EXTENSION, CoordConv): two channels with the pixels' x, y in [-1, 1] are appended
+    to the input, so the network sees where in the image a part is, not only what it looks like.
     """
 
     depth: int = 50
@@ -87,11 +107,30 @@ class Regressor(nn.Module):
     head_init_std: float = 1e-3
     zero_init_residual: bool = True
     dtype: str = "float32"
+    head: str = "linear"
+    head_hidden: int = 512
+    head_iterations: int = 3
+    coords: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
+        if self.coords:
+            x = coordinate_channels(jnp.asarray(x, jnp.float32))
         feats = ResNet(depth=self.depth, width=self.width, zero_init_residual=self.zero_init_residual,
                        dtype=jnp.dtype(self.dtype), name="backbone")(x, train)
-        bias = jnp.asarray(rest_head(self.pose_head, self.typical_scale))
-        return nn.Dense(head_size(self.pose_head), kernel_init=nn.initializers.normal(self.head_init_std),
-                        bias_init=lambda *_: bias, name="head")(feats)
+        rest = jnp.asarray(rest_head(self.pose_head, self.typical_scale))
+        small = nn.initializers.normal(self.head_init_std)
+        if self.head == "linear":
+            return nn.Dense(head_size(self.pose_head), kernel_init=small, bias_init=lambda *_: rest,
+                            name="head")(feats)
+        if self.head != "ief":
+            raise ValueError(f"regressor head must be one of {HEADS}, got {self.head!r}")
+        fc1 = nn.Dense(self.head_hidden, name="ief_fc1")
+        fc2 = nn.Dense(self.head_hidden, name="ief_fc2")
+        out = nn.Dense(head_size(self.pose_head), kernel_init=small, bias_init=nn.initializers.zeros,
+                       name="ief_out")
+        theta = jnp.broadcast_to(rest, (feats.shape[0], rest.shape[0]))
+        for _ in range(self.head_iterations):
+            h = nn.relu(fc2(nn.relu(fc1(jnp.concatenate([feats, theta], axis=-1)))))
+            theta = theta + out(h)
+        return theta
