@@ -476,6 +476,21 @@ def test_gram_schmidt_third_column_in_the_span_gives_a_rotation():
     np.testing.assert_allclose(G[..., 2], np.cross(G[..., 0], G[..., 1]), atol=1e-5)
 
 
+def test_nearly_parallel_large_columns_stay_orthonormal_in_float32():
+    """Columns of length ~1e3 that differ by a few units (a regressor head's output found by
+    hypothesis: (-994, -994, -994 | -994, -994, -992)): the residual after one projection is ~1e-3
+    of the column, so float32 round-off of the projection (~1e-4 of it) tilted b2 by up to 6e-4
+    before the second projection."""
+    rng = np.random.default_rng(14)
+    a = rng.uniform(-1e3, 1e3, size=(256, 1)).astype(np.float32)
+    x = np.repeat(a, 6, axis=1)
+    x[np.arange(256), 3 + rng.integers(0, 3, 256)] += rng.choice([-4.0, -2.0, -1.0, 1.0, 2.0, 4.0], 256)
+    x[0] = [-994.0] * 5 + [-992.0]
+    assert_rotations(jax.jit(rot.rot6d_to_matrix)(x), atol=2e-6)
+    m = np.stack([x[:, :3], x[:, 3:], rng.normal(size=(256, 3)).astype(np.float32)], -1)
+    _assert_orthogonal(jax.jit(rot.gram_schmidt)(m), atol=2e-6)
+
+
 def np_classical_gram_schmidt(M):
     """The textbook formula, column by column, float64: b_k = normalize(c_k - sum_{i<k} (b_i.c_k) b_i)."""
     M = np.asarray(M, np.float64)
