@@ -251,7 +251,8 @@ def test_sharded_batch_matches_single_device(tmp_path, batch, init, clean_fit):
     path, out_path = tmp_path / "in.npz", tmp_path / "out.npz"
     np.savez(path, **{f"b_{k}": getattr(batch, k) for k in INPUT_FIELDS},
              **{f"p_{f}": np.asarray(getattr(init, f)) for f in PARAM_FIELDS})
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    xla_flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags,
            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(path), str(out_path), str(FIT.num_steps)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

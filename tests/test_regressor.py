@@ -636,8 +636,8 @@ def data_parallel_run(request, tmp_path_factory):
     arrays = {f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(tiny_state))}
     arrays.update({f"r_{k}": v for k, v in records.items()})
     np.savez(inp, **arrays)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO)
+    xla_flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     proc = subprocess.Popen([sys.executable, "-c", _DP_SCRIPT, str(inp), str(out)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield proc, out
@@ -903,9 +903,10 @@ def test_coordinate_channels_are_the_pixel_centres():
     np.testing.assert_allclose(y[1, :, :, 4], np.broadcast_to(ys[:, None], (4, 6)), atol=1e-6)
 
 
-@pytest.mark.parametrize("changes", [dict(head="ief", head_hidden=16, head_iterations=2), dict(coords=True)])
-def test_network_extensions_start_at_the_rest_body_and_train(template, fake, changes):
-    config = dataclasses.replace(TINY_IUV, **changes)
+def test_network_extensions_start_at_the_rest_body_and_train(template, fake):
+    """HMR's iterative error feedback head and the CoordConv input, both on in one network (one
+    compiled train step for the two: each is checked by its own assertion below)."""
+    config = dataclasses.replace(TINY_IUV, head="ief", head_hidden=16, head_iterations=2, coords=True)
     state = regressor.create_state(0, config)
     records, _ = fake
     batch = sample_lib.to_batch(_take(records, 0, BATCH), with_gt=False)
@@ -913,9 +914,9 @@ def test_network_extensions_start_at_the_rest_body_and_train(template, fake, cha
     out = np.asarray(state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False))
     rest = regressor.rest_head(config.pose_head, config.typical_scale)
     np.testing.assert_allclose(out, np.broadcast_to(rest, out.shape), atol=0.05)
-    assert ("ief_fc1" in state.params) == (config.head == "ief")
-    if config.coords:   # the first convolution reads the two coordinate channels too
-        assert state.params["backbone"]["conv1"]["kernel"].shape[2] == regressor.input_channels("iuv") + 2
+    assert "ief_fc1" in state.params and "head" not in state.params
+    # the first convolution reads the two coordinate channels too
+    assert state.params["backbone"]["conv1"]["kernel"].shape[2] == regressor.input_channels("iuv") + 2
     new, stats = regressor.train_step(_fresh(state), batch, template)
     assert np.isfinite(float(stats["loss"])) and int(new.step) == 1
     with pytest.raises(ValueError, match=r"RegressorConfig\.head must be one of .*'mlp'"):
