@@ -22,6 +22,13 @@ charts are unrelated coordinate systems, and one shared pair would have to jump 
 every part boundary. The network reads the pair of a given part per pixel (the label's in training,
 the predicted one otherwise) and returns that ``(U, V)`` in ``[0, 1]`` (a sigmoid).
 
+Keypoint heads (EXTENSION, ``IUVNetConfig.keypoints = K > 0``; not used by the experiment loop):
+``K`` heat maps at the crop's resolution, read out by a soft-argmax (integral regression,
+:func:`soft_argmax`) and trained on the batch's 2D keypoints (:func:`keypoint_terms`);
+:func:`predict_keypoints` returns their positions. ``tools/pretrain_iuv_net.py --keypoints`` trains
+them and ``tools/eval_keypoint_precision.py --keypoint-net`` measures what a run's lifter makes of
+them (BENCHMARKS.md).
+
 Loss (:func:`loss_terms`): ``L = CE(parts) + uv_weight · smoothL1(UV)``. Both terms are means over
 the labelled pixels of each image, then over the images with labels, so their scale does not
 depend on how many pixels are labelled (a hundred DensePose-COCO points or a dense rendered map),
@@ -73,6 +80,8 @@ class IUVNetConfig:
       norm_groups: groups of the GroupNorm after every convolution (0 = no normalisation); must
         divide ``width``.
       uv_per_part: a ``(U, V)`` head per part (see the module docstring), or one for all parts.
+      keypoints: EXTENSION: ``K > 0`` adds a heat-map head for ``K`` 2D keypoints (the batch's
+        keypoint set), read out by a soft-argmax (see :func:`soft_argmax`); 0 = none.
     Loss:
       pretrained: a weights file of :func:`save_params` loaded before training (``''``: none);
         :data:`PRETRAINED_64` is the one the project ships for 64-px crops.
@@ -83,6 +92,8 @@ class IUVNetConfig:
       uv_smooth_l1_beta: threshold of the smooth L1 of the UV term (in chart units: 0.1 is a tenth
         of a chart; quadratic below, linear above, so a few wrong pixels near a part boundary do
         not dominate).
+      keypoint_weight: weight of the keypoint term (smooth L1 of the soft-argmax position, pixels
+        of the crop, summed over x and y; used with ``keypoints > 0``).
     Training (read by the orchestration layer):
       learning_rate: Adam learning rate.
       lr_final_fraction: the learning rate is cosine-decayed to this fraction of ``learning_rate``
@@ -97,9 +108,11 @@ class IUVNetConfig:
     patch: int = 2
     norm_groups: int = 8
     uv_per_part: bool = True
+    keypoints: int = 0
     uv_weight: float = 1.0
     uv_smooth_l1_beta: float = 0.1
     body_weight: Optional[float] = 0.5
+    keypoint_weight: float = 0.1
     learning_rate: float = 1e-3
     lr_final_fraction: float = 1.0
     num_epochs: int = 20
@@ -118,12 +131,15 @@ class IUVNetConfig:
                 or (self.norm_groups and self.width % self.norm_groups)):
             raise ValueError(f"IUVNetConfig.norm_groups must be 0 or divide width ({self.width}), "
                              f"got {self.norm_groups}")
-        for name in ("uv_weight", "learning_rate", "uv_smooth_l1_beta"):
+        if (not isinstance(self.keypoints, (int, np.integer)) or isinstance(self.keypoints, bool)
+                or self.keypoints < 0):
+            raise ValueError(f"IUVNetConfig.keypoints must be an integer >= 0, got {self.keypoints!r}")
+        for name in ("uv_weight", "keypoint_weight", "learning_rate", "uv_smooth_l1_beta"):
             value = getattr(self, name)
-            if not np.isfinite(value) or value < 0 or (name != "uv_weight" and value == 0):
+            nonneg = name in ("uv_weight", "keypoint_weight")
+            if not np.isfinite(value) or value < 0 or (not nonneg and value == 0):
                 raise ValueError(f"IUVNetConfig.{name} must be a finite "
-                                 f"{'non-negative' if name == 'uv_weight' else 'positive'} number, "
-                                 f"got {value}")
+                                 f"{'non-negative' if nonneg else 'positive'} number, got {value}")
         if self.body_weight is not None and not 0.0 <= self.body_weight <= 1.0:
             raise ValueError(f"IUVNetConfig.body_weight must be None or in [0, 1], got {self.body_weight}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
@@ -138,7 +154,7 @@ class IUVNetConfig:
     def network(self) -> "IUVNet":
         """The Flax module of this configuration."""
         return IUVNet(width=self.width, levels=self.levels, patch=self.patch,
-                      norm_groups=self.norm_groups, uv_charts=self.uv_charts)
+                      norm_groups=self.norm_groups, uv_charts=self.uv_charts, keypoints=self.keypoints)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +248,9 @@ class IUVNet(nn.Module):
       ADDED (LinkNet's skip; a concatenation would feed the next 3×3 convolution ``3 c_l`` input
       channels instead of ``c_l``, half again the network's flops), a 3×3 convolution;
     * heads: per cell, linear maps to the ``p²`` pixels' 25 part logits and, per pixel, the
-      ``(U, V)`` logits of ``uv_charts`` parts (sub-pixel convolution, ESPCN). With the
+      ``(U, V)`` logits of ``uv_charts`` parts (sub-pixel convolution, ESPCN); with
+      ``keypoints = K > 0`` (EXTENSION) also the ``p²`` pixels' logits of ``K`` keypoint heat maps
+      (a softmax over the pixels per keypoint, read out by :func:`soft_argmax`). With the
       space-to-depth stem no convolution runs at full resolution: on a CPU those (few channels,
       many pixels) are the slowest per flop.
 
@@ -251,6 +269,7 @@ class IUVNet(nn.Module):
     patch: int = 2
     norm_groups: int = 8
     uv_charts: int = NUM_PARTS
+    keypoints: int = 0
 
     @nn.compact
     def __call__(self, x: Array, parts: Optional[Array] = None, cells: bool = False
@@ -268,7 +287,9 @@ class IUVNet(nn.Module):
             outputs and their gradients to full resolution costs a fifth of a CPU step.
 
         Returns:
-          ``(part_logits (B, S, S, 25), uv (B, S, S, 2))``, ``uv`` in [0, 1].
+          ``(part_logits (B, S, S, 25), uv (B, S, S, 2))``, ``uv`` in [0, 1]; with ``keypoints =
+          K > 0`` a third entry, the heat-map logits ``(B, S, S, K)`` (cells: ``(B, S/p, S/p, p,
+          p, K)``).
         """
         block = functools.partial(_ConvNorm, norm_groups=self.norm_groups)
         p = self.patch
@@ -301,7 +322,41 @@ class IUVNet(nn.Module):
         # Each pixel's own (F, 2) weights: (B, S/p, S/p, p, p, F, 2); their gradient is a scatter.
         weights = kernel[chart, sub_y, sub_x]
         uv = nn.sigmoid(jnp.einsum("bhwf,bhwyxfc->bhwyxc", h, weights) + bias[chart, sub_y, sub_x])
-        return (logits, uv) if cells else (cells_to_pixels(logits), cells_to_pixels(uv))
+        out = (logits, uv)
+        if self.keypoints:
+            heat = _Dense(p * p * self.keypoints, name="keypoint_head")(h)
+            out = out + (heat.reshape(*h.shape[:3], p, p, self.keypoints),)
+        return out if cells else tuple(cells_to_pixels(o) for o in out)
+
+
+def soft_argmax(heat_logits: Array, cells: bool = False) -> Tuple[Array, Array]:
+    """Keypoint positions of heat-map logits: the expected pixel under a softmax over the pixels.
+
+    Integral regression (Sun et al., 2018): differentiable and below the pixel grid's resolution.
+    Pixel ``(row, col)`` is the image point ``(x, y) = (col, row)`` (:mod:`bodyjax.render`'s
+    convention, the one of the batch's ``keypoints``).
+
+    Args:
+      heat_logits: ``(B, S, S, K)`` logits (the network's third output), or with ``cells`` the
+        layout of :func:`pixels_to_cells`, ``(B, S/p, S/p, p, p, K)``.
+      cells: the layout of ``heat_logits``.
+
+    Returns:
+      ``(xy (B, K, 2), peak (B, K))``: the expected positions in pixels of the ``S``-px crop and
+      the largest probability of each map (a confidence: near 1 for a sharp single peak).
+    """
+    heat = jnp.asarray(heat_logits, jnp.float32)
+    b, k = heat.shape[0], heat.shape[-1]
+    if cells:
+        p = heat.shape[3]
+        rows = np.arange(heat.shape[1])[:, None, None, None] * p + np.arange(p)[None, None, :, None]
+        cols = np.arange(heat.shape[2])[None, :, None, None] * p + np.arange(p)[None, None, None, :]
+        rows, cols = np.broadcast_to(rows, heat.shape[1:5]), np.broadcast_to(cols, heat.shape[1:5])
+    else:
+        rows, cols = np.meshgrid(np.arange(heat.shape[1]), np.arange(heat.shape[2]), indexing="ij")
+    grid = jnp.asarray(np.stack([cols.reshape(-1), rows.reshape(-1)], axis=-1), jnp.float32)  # (N, 2)
+    prob = jax.nn.softmax(heat.reshape(b, -1, k), axis=1)                                      # (B, N, K)
+    return jnp.einsum("bnk,nc->bkc", prob, grid), jnp.max(prob, axis=1)
 
 
 def argmax_part(part_logits: Array) -> Array:
@@ -385,7 +440,8 @@ def load_params(state: IUVNetState, path: str, field: str = "path") -> IUVNetSta
     """``state`` with its parameters read from a file of :func:`save_params` (optimiser reset).
 
     Args:
-      state: a state whose config's network fields match the file's.
+      state: a state whose config's network fields match the file's. Keypoint heads that the file
+        lacks (a predictor trained without them) keep their initial values.
       path: the file.
       field: how the caller names the path in messages (e.g. ``config.iuv_net.pretrained``).
 
@@ -396,7 +452,11 @@ def load_params(state: IUVNetState, path: str, field: str = "path") -> IUVNetSta
     """
     arrays, info = pretrained.read_weights(path, field, "part / IUV predictor")
     pretrained.check_network(info, state.config, path, field, "config.iuv_net")
-    params = pretrained.fill_variables(state.params, arrays, path, field, prefix="params/")
+    params = dict(state.params)
+    # A file made without keypoint heads fills the rest; the heads keep their initial values.
+    keep = {"keypoint_head": params.pop("keypoint_head")} if (
+        "keypoint_head" in params and not any(k.startswith("params/keypoint_head/") for k in arrays)) else {}
+    params = dict(pretrained.fill_variables(params, arrays, path, field, prefix="params/"), **keep)
     return state.replace(params=params, opt_state=state.tx.init(params))
 
 
@@ -458,6 +518,30 @@ def loss_terms(part_logits: Array, uv: Array, iuv_labels: Array,
                    + (1.0 - config.body_weight) * _image_mean(ce, has_part & (part == 0)))
     uv_loss = _image_mean(jnp.sum(err, axis=-1), has_uv)
     return part_ce + config.uv_weight * uv_loss, {"part_ce": part_ce, "uv_loss": uv_loss}
+
+
+def keypoint_terms(heat_logits: Array, keypoints: Array, keypoint_visible: Array,
+                   config: IUVNetConfig, cells: bool = False) -> Tuple[Array, Dict[str, Array]]:
+    """The keypoint term of the loss (EXTENSION; ``config.keypoints > 0``) and its error in pixels.
+
+    Args:
+      heat_logits: ``(B, S, S, K)`` heat-map logits (``(B, S/p, S/p, p, p, K)`` with ``cells``).
+      keypoints: ``(B, K, 2)`` label positions, pixels of the crop.
+      keypoint_visible: ``(B, K)``, 1 where labelled.
+      config: the :class:`IUVNetConfig` (``keypoint_weight``).
+      cells: the layout of ``heat_logits`` (see :func:`soft_argmax`).
+
+    Returns:
+      ``(weighted loss, terms)``: ``keypoint_loss`` (smooth L1, β = 1 px, of the soft-argmax
+      position, summed over x and y) and ``keypoint_px`` (Euclidean distance, pixels), each a mean
+      over an image's labelled keypoints, then over the images with any (0 when none is).
+    """
+    xy, _ = soft_argmax(heat_logits, cells=cells)
+    diff = xy - jnp.asarray(keypoints, jnp.float32)
+    mask = jnp.asarray(keypoint_visible, jnp.float32) > 0
+    loss = _image_mean(jnp.sum(losses.smooth_l1(diff, 1.0), axis=-1), mask)
+    px = _image_mean(jnp.sqrt(jnp.sum(diff * diff, axis=-1) + 1e-12), mask)
+    return config.keypoint_weight * loss, {"keypoint_loss": loss, "keypoint_px": px}
 
 
 def confusion_matrix(pred_part: Array, label_part: Array, xp=jnp) -> Array:
@@ -542,11 +626,21 @@ def _cell_outputs(state: IUVNetState, params, image: Array, labels: Array):
     return state.apply_fn({"params": params}, preprocess(image), parts=labels[..., 0], cells=True)
 
 
+def _all_terms(state: IUVNetState, params, image, labels, keypoints):
+    """``(loss, terms, part logits)``: :func:`loss_terms`, plus :func:`keypoint_terms` when the
+    network has keypoint heads (``keypoints`` = ``(positions, visible)``, else ``None``)."""
+    logits, uv, *heat = _cell_outputs(state, params, image, labels)
+    loss, terms = loss_terms(logits, uv, labels, state.config)
+    if heat:
+        kp_loss, kp_terms = keypoint_terms(heat[0], keypoints[0], keypoints[1], state.config, cells=True)
+        loss, terms = loss + kp_loss, dict(terms, **kp_terms)
+    return loss, terms, logits
+
+
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _train_step(state: IUVNetState, image: Array, labels: Array, learning_rate: Array):
+def _train_step(state: IUVNetState, image: Array, labels: Array, keypoints, learning_rate: Array):
     def loss_fn(params):
-        logits, uv = _cell_outputs(state, params, image, labels)
-        loss, terms = loss_terms(logits, uv, labels, state.config)
+        loss, terms, logits = _all_terms(state, params, image, labels, keypoints)
         return loss, (terms, logits)
 
     (loss, (terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -560,26 +654,33 @@ def _train_step(state: IUVNetState, image: Array, labels: Array, learning_rate: 
 
 
 @jax.jit
-def _eval_step(state: IUVNetState, image: Array, labels: Array):
-    logits, uv = _cell_outputs(state, state.params, image, labels)
-    loss, terms = loss_terms(logits, uv, labels, state.config)
+def _eval_step(state: IUVNetState, image: Array, labels: Array, keypoints):
+    loss, terms, logits = _all_terms(state, state.params, image, labels, keypoints)
     return dict(terms, **_segmentation_metrics(logits, labels), loss=loss)
 
 
-def _step_inputs(state: IUVNetState, batch: Batch, where: str) -> Tuple[Array, Array]:
-    """Checks the batch outside jit; its ``image`` and its ``iuv`` in the cell layout."""
+def _step_inputs(state: IUVNetState, batch: Batch, where: str):
+    """Checks the batch outside jit; its ``image``, its ``iuv`` in the cell layout and, with keypoint
+    heads, ``(keypoints, keypoint_visible)`` (else ``None``)."""
     if not isinstance(state, IUVNetState):
         raise ValueError(f"{where}: state must be an IUVNetState, got {type(state).__name__}")
     if not isinstance(batch, Batch):
         raise ValueError(f"{where}: batch must be a bodyjax.batch.Batch, got {type(batch).__name__}")
-    batch.check(where, require=("image", "iuv"))
+    batch.check(where, require=("image", "iuv"), num_keypoints=state.config.keypoints or None)
     size = state.config.image_size
     s = checks.Shapes(where, S=size)
     s.check("batch.image", batch.image, ("B", "S", "S", 3), "uint8")
     s.check("batch.iuv", batch.iuv, ("B", "S", "S", 3), "uint8")
+    keypoints = None
+    if state.config.keypoints:
+        k = checks.Shapes(where, K=state.config.keypoints, B=len(batch.image))
+        k.check("batch.keypoints", batch.keypoints, ("B", "K", 2), "float")
+        k.check("batch.keypoint_visible", batch.keypoint_visible, ("B", "K"))
+        keypoints = (jnp.asarray(batch.keypoints, jnp.float32), jnp.asarray(batch.keypoint_visible, jnp.float32))
     # On the host (a few hundred kB of uint8): inside the step, XLA would redo this rearrangement
     # in every fusion that reads the labels.
-    return batch.image, np.ascontiguousarray(pixels_to_cells(np.asarray(batch.iuv), state.config.patch))
+    return (batch.image, np.ascontiguousarray(pixels_to_cells(np.asarray(batch.iuv), state.config.patch)),
+            keypoints)
 
 
 def train_step(state: IUVNetState, batch: Batch, learning_rate: Optional[float] = None,
@@ -589,26 +690,28 @@ def train_step(state: IUVNetState, batch: Batch, learning_rate: Optional[float] 
     Args:
       state: :class:`IUVNetState`.
       batch: a :class:`~bodyjax.batch.Batch` with ``image`` ``(B, S, S, 3)`` uint8 and ``iuv``
-        ``(B, S, S, 3)`` uint8 labels, ``S = config.image_size`` (other fields are not read).
+        ``(B, S, S, 3)`` uint8 labels, ``S = config.image_size``; with keypoint heads also
+        ``keypoints`` ``(B, K, 2)`` and ``keypoint_visible`` ``(B, K)`` (other fields are not read).
       learning_rate: this step's rate (a schedule's value); ``None`` = ``config.learning_rate``.
 
     Returns:
       ``(state, metrics)`` with scalar ``loss, part_ce, uv_loss, pixel_accuracy, foreground_iou,
-      mean_part_iou, grad_norm`` (the metrics of the predictions before the update, over the
+      mean_part_iou, grad_norm`` and, with keypoint heads, ``keypoint_loss, keypoint_px`` (see
+      :func:`keypoint_terms`; the batch's ``keypoints`` and ``keypoint_visible`` are then read) (the metrics of the predictions before the update, over the
       batch's labelled pixels; ratios with an empty denominator are 0).
 
     Raises:
       ValueError: naming the field, if ``image`` or ``iuv`` is missing, of the wrong size or dtype.
     """
-    image, iuv = _step_inputs(state, batch, "iuv_net.train_step")
+    image, iuv, keypoints = _step_inputs(state, batch, "iuv_net.train_step")
     lr = state.config.learning_rate if learning_rate is None else learning_rate
-    return _train_step(state, image, iuv, jnp.float32(lr))
+    return _train_step(state, image, iuv, keypoints, jnp.float32(lr))
 
 
 def eval_step(state: IUVNetState, batch: Batch) -> Dict[str, Array]:
     """The metrics of :func:`train_step` (without ``grad_norm``) of the current parameters, no update."""
-    image, iuv = _step_inputs(state, batch, "iuv_net.eval_step")
-    return _eval_step(state, image, iuv)
+    image, iuv, keypoints = _step_inputs(state, batch, "iuv_net.eval_step")
+    return _eval_step(state, image, iuv, keypoints)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -642,7 +745,7 @@ def _predict_chunk(state: IUVNetState, images: Array, out_size: Tuple[int, int])
     if images.shape[1:3] != (s, s):
         images = jax.image.resize(images.astype(jnp.float32), (images.shape[0], s, s, 3), "linear",
                                   antialias=True)
-    logits, uv = state.apply_fn({"params": state.params}, preprocess(images))
+    logits, uv, *_ = state.apply_fn({"params": state.params}, preprocess(images))
     iuv = encode_iuv(argmax_part(logits), uv)
     if out_size != (s, s):
         iuv = iuv[:, _nearest_index(out_size[0], s)][:, :, _nearest_index(out_size[1], s)]
@@ -678,8 +781,57 @@ def predict(state: IUVNetState, images, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out, axis=0)
 
 
+@functools.partial(jax.jit, static_argnames=("in_size",))
+def _keypoints_chunk(state: IUVNetState, images: Array, in_size: Tuple[int, int]):
+    s = state.config.image_size
+    if in_size != (s, s):
+        images = jax.image.resize(images.astype(jnp.float32), (images.shape[0], s, s, 3), "linear",
+                                  antialias=True)
+    _, _, heat = state.apply_fn({"params": state.params}, preprocess(images))
+    xy, peak = soft_argmax(heat)
+    # Pixel centres aligned: crop pixel c covers the input's (c + 0.5) · n / s - 0.5.
+    scale = jnp.asarray([in_size[1] / s, in_size[0] / s], jnp.float32)
+    return (xy + 0.5) * scale - 0.5, peak
+
+
+def predict_keypoints(state: IUVNetState, images, batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+    """2D keypoints of RGB crops from the keypoint heads (EXTENSION; ``config.keypoints > 0``).
+
+    Args:
+      state: a trained :class:`IUVNetState` with keypoint heads.
+      images: ``(B, H, W, 3)`` uint8 RGB; other sizes than ``config.image_size`` are resized to it
+        and the positions scaled back to ``(H, W)``.
+      batch_size: images per jitted call (the last chunk is padded, so one compilation).
+
+    Returns:
+      ``(xy (B, K, 2), peak (B, K))`` float32 NumPy: positions in pixels of the input images and
+      each heat map's largest probability (see :func:`soft_argmax`).
+
+    Raises:
+      ValueError: the network has no keypoint heads, or ``images`` is not a non-empty
+        ``(B, H, W, 3)`` uint8 array.
+    """
+    if not state.config.keypoints:
+        raise ValueError("iuv_net.predict_keypoints: the network has no keypoint heads "
+                         "(IUVNetConfig.keypoints is 0)")
+    images = np.asarray(images)
+    checks.Shapes("iuv_net.predict_keypoints").check("images", images, ("B", "H", "W", 3), "uint8")
+    b, h, w = images.shape[:3]
+    if b == 0 or h == 0 or w == 0:
+        raise ValueError(f"iuv_net.predict_keypoints: images is empty, shape {images.shape}")
+    bs = max(1, min(int(batch_size), b))
+    xy, peak = [], []
+    for lo in range(0, b, bs):
+        idx = np.arange(lo, lo + bs) % b
+        out = _keypoints_chunk(state, images[idx], (h, w))
+        xy.append(np.asarray(out[0])[:min(bs, b - lo)])
+        peak.append(np.asarray(out[1])[:min(bs, b - lo)])
+    return np.concatenate(xy, axis=0), np.concatenate(peak, axis=0)
+
+
 __all__ = [
     "NUM_PARTS", "UNLABELLED", "UV_SCALE", "IUVNetConfig", "IUVNet", "IUVNetState", "argmax_part",
     "cells_to_pixels", "confusion_matrix", "create_state", "encode_iuv", "eval_step", "loss_terms",
-    "part_iou", "pixels_to_cells", "predict", "train_step",
+    "keypoint_terms", "part_iou", "pixels_to_cells", "predict", "predict_keypoints", "soft_argmax",
+    "train_step",
 ]

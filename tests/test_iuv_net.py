@@ -410,3 +410,134 @@ def test_part_iou_against_counts():
     conf = iuv_net.confusion_matrix(jnp.asarray(pred), jnp.asarray(label))
     np.testing.assert_array_equal(np.asarray(conf), iuv_net.confusion_matrix(pred, label, xp=np))
     assert np.isnan(iuv_net.part_iou(np.zeros((1, 2, 2), np.uint8), np.full((1, 2, 2), 255, np.uint8))[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Keypoint heads (EXTENSION)
+
+KP = TINY.__class__(**{**TINY.__dict__, "keypoints": 2, "keypoint_weight": 0.1})
+
+
+def _squares(seed, b=B, size=TINY.image_size):
+    """A bright square (part 1) on black per image; keypoint 0 its centre, keypoint 1 its top-left
+    corner (pixel coordinates x = column, y = row); keypoint 1 unlabelled in every other image."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((b, size, size, 3), np.uint8)
+    iuv = np.zeros((b, size, size, 3), np.uint8)
+    iuv[..., 1:] = iuv_net.UNLABELLED
+    keypoints = np.zeros((b, 2, 2), np.float32)
+    for i in range(b):
+        side = int(rng.integers(6, 12))
+        y0, x0 = rng.integers(1, size - side - 1, 2)
+        image[i, y0:y0 + side, x0:x0 + side] = 230
+        iuv[i, y0:y0 + side, x0:x0 + side, 0] = 1
+        keypoints[i, 0] = (x0 + (side - 1) / 2, y0 + (side - 1) / 2)
+        keypoints[i, 1] = (x0, y0)
+    visible = np.ones((b, 2), np.float32)
+    visible[::2, 1] = 0
+    batch = Batch(dense_xy=np.zeros((b, 0, 2), np.float32), dense_vertex=np.zeros((b, 0), np.int32),
+                  dense_mask=np.zeros((b, 0), np.float32), keypoints=keypoints,
+                  keypoint_visible=visible, image=image, iuv=iuv)
+    return batch
+
+
+def _numpy_soft_argmax(logits):
+    """Float64 reference: ``logits (B, S, S, K)`` → expected ``(x, y)`` = (column, row) and the peak."""
+    logits = np.asarray(logits, np.float64)
+    b, h, w, k = logits.shape
+    flat = logits.reshape(b, h * w, k)
+    prob = np.exp(flat - flat.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    rows, cols = np.divmod(np.arange(h * w), w)
+    xy = np.stack([np.einsum("bnk,n->bk", prob, cols), np.einsum("bnk,n->bk", prob, rows)], axis=-1)
+    return xy, prob.max(axis=1)
+
+
+def test_soft_argmax_matches_numpy_in_both_layouts():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (3, 8, 8, 4)).astype(np.float32)
+    logits[0, 5, 2, 0] = 60.0                  # one sharp peak: at x = 2, y = 5
+    want_xy, want_peak = _numpy_soft_argmax(logits)
+    xy, peak = iuv_net.soft_argmax(logits)
+    np.testing.assert_allclose(xy, want_xy, atol=1e-4)
+    np.testing.assert_allclose(peak, want_peak, atol=1e-5)
+    np.testing.assert_allclose(xy[0, 0], [2.0, 5.0], atol=1e-4)
+    xy_cells, peak_cells = iuv_net.soft_argmax(iuv_net.pixels_to_cells(logits, 2), cells=True)
+    np.testing.assert_allclose(xy_cells, want_xy, atol=1e-4)
+    np.testing.assert_allclose(peak_cells, want_peak, atol=1e-5)
+
+
+def test_keypoint_terms_match_numpy_and_ignore_unlabelled():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, (3, 8, 8, 2)).astype(np.float32)
+    keypoints = rng.uniform(0, 7, (3, 2, 2)).astype(np.float32)
+    visible = np.array([[1, 0], [1, 1], [0, 0]], np.float32)
+    loss, terms = iuv_net.keypoint_terms(logits, keypoints, visible, KP)
+    xy, _ = _numpy_soft_argmax(logits)
+    d = xy - keypoints
+    a = np.abs(d)
+    sl1 = np.where(a < 1.0, 0.5 * a ** 2, a - 0.5).sum(-1)
+    dist = np.sqrt((d ** 2).sum(-1))
+    # Image 0 has keypoint 0 only, image 1 both, image 2 none (left out of the mean).
+    want = np.mean([sl1[0, 0], sl1[1].mean()])
+    np.testing.assert_allclose(terms["keypoint_loss"], want, rtol=1e-4)
+    np.testing.assert_allclose(terms["keypoint_px"], np.mean([dist[0, 0], dist[1].mean()]), rtol=1e-4)
+    np.testing.assert_allclose(loss, KP.keypoint_weight * want, rtol=1e-4)
+    # Moving an unlabelled keypoint's label changes nothing.
+    moved = keypoints.copy()
+    moved[0, 1] += 5.0
+    moved[2] += 3.0
+    np.testing.assert_allclose(iuv_net.keypoint_terms(logits, moved, visible, KP)[0], loss, rtol=1e-6)
+
+
+def test_keypoint_heads_learn_the_squares():
+    """The heat maps locate a square's centre and corner on held-out images below a pixel (0.3 px
+    after 40 steps when written)."""
+    state = iuv_net.create_state(0, KP)
+    held = _squares(99, b=16)
+    before = float(iuv_net.eval_step(state, held)["keypoint_px"])
+    for i in range(40):
+        state, metrics = iuv_net.train_step(state, _squares(2000 + i))
+    after = float(iuv_net.eval_step(state, held)["keypoint_px"])
+    assert np.isfinite(float(metrics["keypoint_loss"]))
+    assert before > 4.0 and after < 1.0, (before, after)
+    xy, peak = iuv_net.predict_keypoints(state, held.image, batch_size=5)
+    assert xy.shape == (16, 2, 2) and peak.shape == (16, 2) and np.all((peak > 0) & (peak <= 1))
+    err = np.linalg.norm(xy - held.keypoints, axis=-1)
+    vis = held.keypoint_visible
+    per_image = np.sum(err * vis, axis=1) / np.sum(vis, axis=1)     # keypoint_terms' reduction
+    np.testing.assert_allclose(np.mean(per_image), after, rtol=1e-3)
+    # Twice the size: the positions scale with the image (pixel centres aligned).
+    big = np.repeat(np.repeat(held.image, 2, axis=1), 2, axis=2)
+    xy_big, _ = iuv_net.predict_keypoints(state, big, batch_size=16)
+    np.testing.assert_allclose(xy_big, 2 * xy + 0.5, atol=0.3)
+    # The part head still works beside them.
+    parts = iuv_net.predict(state, held.image)[..., 0]
+    assert np.mean(parts == held.iuv[..., 0]) > 0.9
+
+
+def test_keypoint_heads_load_a_file_without_them(tmp_path):
+    path = str(tmp_path / "no_heads.npz")
+    plain = iuv_net.create_state(3, TINY)
+    iuv_net.save_params(path, plain)
+    fresh = iuv_net.create_state(4, KP)
+    loaded = iuv_net.load_params(fresh, path)
+    np.testing.assert_array_equal(loaded.params["keypoint_head"]["kernel"],
+                                  fresh.params["keypoint_head"]["kernel"])
+    np.testing.assert_array_equal(loaded.params["part_head"]["kernel"], plain.params["part_head"]["kernel"])
+
+
+def test_keypoint_heads_bad_inputs():
+    with pytest.raises(ValueError, match="keypoints"):
+        iuv_net.IUVNetConfig(keypoints=-1)
+    with pytest.raises(ValueError, match="keypoint_weight"):
+        iuv_net.IUVNetConfig(keypoint_weight=float("nan"))
+    plain = iuv_net.create_state(0, TINY)
+    batch = _squares(0)
+    with pytest.raises(ValueError, match="no keypoint heads"):
+        iuv_net.predict_keypoints(plain, batch.image)
+    state = iuv_net.create_state(0, KP)
+    with pytest.raises(ValueError, match=r"batch\.keypoints"):
+        iuv_net.train_step(state, batch.replace(keypoints=batch.keypoints[:, :1]))
+    with pytest.raises(ValueError, match=r"batch\.keypoint_visible"):
+        iuv_net.eval_step(state, batch.replace(keypoint_visible=batch.keypoint_visible[:3]))

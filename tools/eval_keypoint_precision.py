@@ -6,7 +6,9 @@ Loads the newest checkpoint of a finished run (its regressor and its last lifter
 fits) and scores on the test split, as PA-MPJPE over the labelled COCO-17 keypoints (mm; ground
 truth for evaluation only): the regressor's 3D keypoints; the lifter on the annotated 2D keypoints;
 the lifter on the regressor's projected 2D keypoints; the lifter on the annotated keypoints with
-Gaussian noise of ``--noise`` pixels per coordinate. It answers whether the regressor's 3D error is
+Gaussian noise of ``--noise`` pixels per coordinate; with ``--keypoint-net FILE`` (a part / IUV
+predictor with keypoint heat-map heads, ``tools/pretrain_iuv_net.py --keypoints``, an EXTENSION)
+also the lifter on that network's 2D keypoints. It answers whether the regressor's 3D error is
 a matter of 2D precision (how far its keypoints are in the image) or of lifting.
 """
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="config.seed and config.data.seed of the run")
     ap.add_argument("--data-dir", default="", help="config.data.data_dir of the run ('' = <workdir>/../data)")
     ap.add_argument("--noise", type=float, nargs="*", default=[0.5, 1.0, 2.0, 3.0])
+    ap.add_argument("--keypoint-net", default="", help="a predictor with keypoint heads (.npz of "
+                    "tools/pretrain_iuv_net.py --keypoints): the lifter on its 2D keypoints")
     args = ap.parse_args()
 
     path, _, variant = args.config.partition(":")
@@ -82,6 +86,23 @@ def main():
     print(f"{'the regressor (its 3D keypoints)':<52}{err2d(kp2d):>12.2f}{pa(rel(forward(template, params, zeros).keypoints)):>8.1f}")
     print(f"{'the lifter on the annotated 2D keypoints':<52}{0.0:>12.2f}{pa(lifter.lift(state.lifter, recs['keypoints'], lvis)):>8.1f}")
     print(f"{'the lifter on the regressor projected keypoints':<52}{err2d(kp2d):>12.2f}{pa(lifter.lift(state.lifter, kp2d, lvis)):>8.1f}")
+    if args.keypoint_net:
+        from bodyjax import iuv_net, pretrained  # noqa: PLC0415
+        _, info = pretrained.read_weights(args.keypoint_net, "--keypoint-net", "part / IUV predictor")
+        net = iuv_net.IUVNetConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                                      for k, v in info["network"].items()},
+                                   keypoints=int(info.get("keypoints", recs["keypoints"].shape[1])))
+        kp_state = iuv_net.load_params(iuv_net.create_state(0, net), args.keypoint_net, "--keypoint-net")
+        heat, _ = iuv_net.predict_keypoints(kp_state, recs["image"])
+        print(f"{'the lifter on the heat-map heads keypoints':<52}{err2d(heat):>12.2f}"
+              f"{pa(lifter.lift(state.lifter, heat, lvis)):>8.1f}")
+        mean = 0.5 * (heat + kp2d)
+        print(f"{'the lifter on the mean of heat-map and regressor kps':<52}{err2d(mean):>12.2f}"
+              f"{pa(lifter.lift(state.lifter, mean, lvis)):>8.1f}")
+        names = skeletons.get_keypoint_set(template.keypoint_set).names
+        for label, xy in (("regressor", kp2d), ("heat maps", heat)):
+            per = np.sum(np.linalg.norm(xy - recs["keypoints"], axis=-1) * vis, 0) / np.maximum(vis.sum(0), 1)
+            print(f"  2D error per keypoint, {label}: " + ", ".join(f"{n} {e:.2f}" for n, e in zip(names, per)))
     rng = np.random.default_rng(0)
     for sd in args.noise:
         noisy = (recs["keypoints"] + rng.normal(0.0, sd, recs["keypoints"].shape)).astype(np.float32)

@@ -2,6 +2,8 @@
 
     python tools/pretrain_iuv_net.py                      # rebuilds bodyjax/assets/iuv_net_s64.npz
     python tools/pretrain_iuv_net.py --steps 2000 --out /tmp/iuv.npz     # a quick one
+    python tools/pretrain_iuv_net.py --keypoints --init bodyjax/assets/iuv_net_s64.npz \
+        --steps 3000 --out /tmp/iuv_kp.npz           # + keypoint heat-map heads (EXTENSION)
 
 The first stage of the two-stage regressor (:mod:`bodyjax.iuv_net`) is what a DensePose predictor is
 for real images: a network trained on dense 2D labels (here the renderer's per-pixel part and chart
@@ -47,6 +49,11 @@ def main(argv=None) -> dict:
     p.add_argument("--lr-final-fraction", type=float, default=0.05)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--keypoints", action="store_true",
+                   help="EXTENSION: heat-map heads for the body's 2D keypoints (iuv_net.IUVNetConfig.keypoints)")
+    p.add_argument("--keypoint-weight", type=float, default=iuv_net.IUVNetConfig.keypoint_weight)
+    p.add_argument("--init", default="", help="start from this weights file (e.g. the shipped predictor; "
+                   "keypoint heads it lacks start fresh)")
     args = p.parse_args(argv)
 
     t0 = time.time()
@@ -55,10 +62,14 @@ def main(argv=None) -> dict:
     pool = tfds_builders.build_synthetic(args.data_dir, cfg, args.images, args.held_out, args.seed,
                                          template=template)
     train, held = pipeline.data_source(pool, "train"), pipeline.data_source(pool, "test")
-    held_out = epochs.read(held, np.arange(len(held)), ("image", "iuv"))
+    held_out = epochs.read(held, np.arange(len(held)), ("image", "iuv", "keypoints", "keypoint_visible"))
+    num_keypoints = held_out["keypoints"].shape[1] if args.keypoints else 0
     config = iuv_net.IUVNetConfig(image_size=args.image_size, width=args.width, learning_rate=args.lr,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, keypoints=num_keypoints,
+                                  keypoint_weight=args.keypoint_weight)
     state = iuv_net.create_state(args.seed, config)
+    if args.init:
+        state = iuv_net.load_params(state, args.init, "--init")
     schedule = optax.cosine_decay_schedule(args.lr, args.steps, alpha=args.lr_final_fraction)
     transform = augment.Augment(augment.MirrorTables.of(template), args.image_size,
                                 augment.AugmentConfig(flip_prob=0.0))
@@ -72,19 +83,30 @@ def main(argv=None) -> dict:
                 return
             yield sample.to_batch(records, with_gt=False)
 
+    def keypoint_px(s):
+        xy, _ = iuv_net.predict_keypoints(s, held_out["image"])
+        vis = held_out["keypoint_visible"]
+        return float(np.sum(np.linalg.norm(xy - held_out["keypoints"], axis=-1) * vis) / vis.sum())
+
     def step(s, batch, i):
         s, metrics = iuv_net.train_step(s, batch, schedule(i))
         if (i + 1) % args.eval_every == 0 or i + 1 == args.steps:
             miou = iuv_net.part_iou(iuv_net.predict(s, held_out["image"]), held_out["iuv"])[1]
             curve.append((i + 1, float(miou)))
+            kp = ""
+            if num_keypoints:
+                curve[-1] += (keypoint_px(s),)
+                kp = f", held-out keypoints {curve[-1][2]:.2f} px"
             print(f"step {i + 1}/{args.steps}: loss {float(metrics['loss']):.3f}, held-out part mIoU "
-                  f"{miou:.3f} ({time.time() - t0:.0f} s)", flush=True)
+                  f"{miou:.3f}{kp} ({time.time() - t0:.0f} s)", flush=True)
         return s, metrics
 
     state, _ = epochs.run_epochs(state, step, batches, num_epochs)
     flags = {k: v for k, v in vars(args).items() if k not in ("out", "data_dir")}
     info = {"tool": "tools/pretrain_iuv_net.py", "flags": flags, "held_out_part_miou": curve[-1][1],
-            "curve": curve, "wall_seconds": round(time.time() - t0), "labels": "2D only (per-pixel part, U, V)"}
+            **({"held_out_keypoint_px": curve[-1][2], "keypoints": num_keypoints} if num_keypoints else {}),
+            "curve": curve, "wall_seconds": round(time.time() - t0), "labels": "2D only (per-pixel part, U, V"
+            + (", 2D keypoints)" if num_keypoints else ")")}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     iuv_net.save_params(args.out, state, info)
     print(f"wrote {args.out}: held-out part mIoU {curve[-1][1]:.3f} after {args.steps} steps "
