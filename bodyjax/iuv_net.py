@@ -739,17 +739,39 @@ def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
-@functools.partial(jax.jit, static_argnames=("out_size",))
-def _predict_chunk(state: IUVNetState, images: Array, out_size: Tuple[int, int]) -> Array:
-    s = state.config.image_size
+def _crop_input(images: Array, s: int) -> Array:
+    """uint8 images ``(B, H, W, 3)`` → the network's normalised ``(B, s, s, 3)`` input (resized
+    linearly, antialiased, when ``(H, W) != (s, s)``)."""
     if images.shape[1:3] != (s, s):
         images = jax.image.resize(images.astype(jnp.float32), (images.shape[0], s, s, 3), "linear",
                                   antialias=True)
-    logits, uv, *_ = state.apply_fn({"params": state.params}, preprocess(images))
+    return preprocess(images)
+
+
+@functools.partial(jax.jit, static_argnames=("out_size",))
+def _predict_chunk(state: IUVNetState, images: Array, out_size: Tuple[int, int]) -> Array:
+    s = state.config.image_size
+    logits, uv, *_ = state.apply_fn({"params": state.params}, _crop_input(images, s))
     iuv = encode_iuv(argmax_part(logits), uv)
     if out_size != (s, s):
         iuv = iuv[:, _nearest_index(out_size[0], s)][:, :, _nearest_index(out_size[1], s)]
-    return iuv
+    return (iuv,)
+
+
+def _in_chunks(where: str, images, batch_size: int, call) -> Tuple[np.ndarray, ...]:
+    """``call(chunk, (H, W))`` over chunks of ``batch_size`` checked images (the last one padded,
+    so one compilation); its outputs (a tuple) concatenated over the images as NumPy arrays."""
+    images = np.asarray(images)
+    checks.Shapes(where).check("images", images, ("B", "H", "W", 3), "uint8")
+    b, h, w = images.shape[:3]
+    if b == 0 or h == 0 or w == 0:
+        raise ValueError(f"{where}: images is empty, shape {images.shape}")
+    bs = max(1, min(int(batch_size), b))
+    chunks = []
+    for lo in range(0, b, bs):
+        out = call(images[np.arange(lo, lo + bs) % b], (h, w))
+        chunks.append([np.asarray(o)[:min(bs, b - lo)] for o in out])
+    return tuple(np.concatenate(c, axis=0) for c in zip(*chunks))
 
 
 def predict(state: IUVNetState, images, batch_size: int = 64) -> np.ndarray:
@@ -768,26 +790,14 @@ def predict(state: IUVNetState, images, batch_size: int = 64) -> np.ndarray:
     Raises:
       ValueError: ``images`` is not a non-empty ``(B, H, W, 3)`` uint8 array.
     """
-    images = np.asarray(images)
-    checks.Shapes("iuv_net.predict").check("images", images, ("B", "H", "W", 3), "uint8")
-    b, h, w = images.shape[:3]
-    if b == 0 or h == 0 or w == 0:
-        raise ValueError(f"iuv_net.predict: images is empty, shape {images.shape}")
-    bs = max(1, min(int(batch_size), b))
-    out = []
-    for lo in range(0, b, bs):
-        idx = np.arange(lo, lo + bs) % b
-        out.append(np.asarray(_predict_chunk(state, images[idx], (h, w)))[:min(bs, b - lo)])
-    return np.concatenate(out, axis=0)
+    return _in_chunks("iuv_net.predict", images, batch_size,
+                      lambda chunk, size: _predict_chunk(state, chunk, size))[0]
 
 
 @functools.partial(jax.jit, static_argnames=("in_size",))
 def _keypoints_chunk(state: IUVNetState, images: Array, in_size: Tuple[int, int]):
     s = state.config.image_size
-    if in_size != (s, s):
-        images = jax.image.resize(images.astype(jnp.float32), (images.shape[0], s, s, 3), "linear",
-                                  antialias=True)
-    _, _, heat = state.apply_fn({"params": state.params}, preprocess(images))
+    _, _, heat = state.apply_fn({"params": state.params}, _crop_input(images, s))
     xy, peak = soft_argmax(heat)
     # Pixel centres aligned: crop pixel c covers the input's (c + 0.5) · n / s - 0.5.
     scale = jnp.asarray([in_size[1] / s, in_size[0] / s], jnp.float32)
@@ -814,19 +824,8 @@ def predict_keypoints(state: IUVNetState, images, batch_size: int = 64) -> Tuple
     if not state.config.keypoints:
         raise ValueError("iuv_net.predict_keypoints: the network has no keypoint heads "
                          "(IUVNetConfig.keypoints is 0)")
-    images = np.asarray(images)
-    checks.Shapes("iuv_net.predict_keypoints").check("images", images, ("B", "H", "W", 3), "uint8")
-    b, h, w = images.shape[:3]
-    if b == 0 or h == 0 or w == 0:
-        raise ValueError(f"iuv_net.predict_keypoints: images is empty, shape {images.shape}")
-    bs = max(1, min(int(batch_size), b))
-    xy, peak = [], []
-    for lo in range(0, b, bs):
-        idx = np.arange(lo, lo + bs) % b
-        out = _keypoints_chunk(state, images[idx], (h, w))
-        xy.append(np.asarray(out[0])[:min(bs, b - lo)])
-        peak.append(np.asarray(out[1])[:min(bs, b - lo)])
-    return np.concatenate(xy, axis=0), np.concatenate(peak, axis=0)
+    return _in_chunks("iuv_net.predict_keypoints", images, batch_size,
+                      lambda chunk, size: _keypoints_chunk(state, chunk, size))
 
 
 __all__ = [
