@@ -1,7 +1,8 @@
 """Tests for bodyjax.iuv_net, the part / IUV predictor.
 
 One tiny configuration (32-px crops, two levels) and one batch shape (8 images) for every step,
-so the file compiles the train step and the eval step once each.
+so the file compiles the train step and the eval step once each; the keypoint heads (an EXTENSION)
+add one more configuration, the same network with two heat maps.
 """
 import functools
 
