@@ -672,10 +672,7 @@ def _step_inputs(state: IUVNetState, batch: Batch, where: str):
     s.check("batch.image", batch.image, ("B", "S", "S", 3), "uint8")
     s.check("batch.iuv", batch.iuv, ("B", "S", "S", 3), "uint8")
     keypoints = None
-    if state.config.keypoints:
-        k = checks.Shapes(where, K=state.config.keypoints, B=len(batch.image))
-        k.check("batch.keypoints", batch.keypoints, ("B", "K", 2), "float")
-        k.check("batch.keypoint_visible", batch.keypoint_visible, ("B", "K"))
+    if state.config.keypoints:   # their shapes (K = config.keypoints) checked by batch.check above
         keypoints = (jnp.asarray(batch.keypoints, jnp.float32), jnp.asarray(batch.keypoint_visible, jnp.float32))
     # On the host (a few hundred kB of uint8): inside the step, XLA would redo this rearrangement
     # in every fusion that reads the labels.
@@ -696,12 +693,13 @@ def train_step(state: IUVNetState, batch: Batch, learning_rate: Optional[float] 
 
     Returns:
       ``(state, metrics)`` with scalar ``loss, part_ce, uv_loss, pixel_accuracy, foreground_iou,
-      mean_part_iou, grad_norm`` and, with keypoint heads, ``keypoint_loss, keypoint_px`` (see
-      :func:`keypoint_terms`; the batch's ``keypoints`` and ``keypoint_visible`` are then read) (the metrics of the predictions before the update, over the
-      batch's labelled pixels; ratios with an empty denominator are 0).
+      mean_part_iou, grad_norm`` (the metrics of the predictions before the update, over the
+      batch's labelled pixels; ratios with an empty denominator are 0) and, with keypoint heads,
+      ``keypoint_loss, keypoint_px`` (:func:`keypoint_terms`).
 
     Raises:
-      ValueError: naming the field, if ``image`` or ``iuv`` is missing, of the wrong size or dtype.
+      ValueError: naming the field, if ``image`` or ``iuv`` (with keypoint heads: ``keypoints``,
+        ``keypoint_visible``) is missing, of the wrong size or dtype.
     """
     image, iuv, keypoints = _step_inputs(state, batch, "iuv_net.train_step")
     lr = state.config.learning_rate if learning_rate is None else learning_rate
@@ -749,7 +747,7 @@ def _crop_input(images: Array, s: int) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("out_size",))
-def _predict_chunk(state: IUVNetState, images: Array, out_size: Tuple[int, int]) -> Array:
+def _predict_chunk(state: IUVNetState, images: Array, out_size: Tuple[int, int]) -> Tuple[Array]:
     s = state.config.image_size
     logits, uv, *_ = state.apply_fn({"params": state.params}, _crop_input(images, s))
     iuv = encode_iuv(argmax_part(logits), uv)
