@@ -197,6 +197,35 @@ def test_forward_matches_float64_reference(template, t64):
         np.testing.assert_allclose(out.vertices2d, v2d, atol=5e-3)  # pixels, scale up to 200
 
 
+@pytest.mark.parametrize("tree", ["interleaved", "line", "star"])
+def test_chain_matches_a_joint_by_joint_float64_reference(tree):
+    """kinematics.chain walks the tree by depth levels; on a tree whose levels interleave the joint
+    indices and branches (joints 4 and 6 hang from the second joint of their level above, 9 from the
+    third), a single line and a star, it equals the joint-by-joint composition."""
+    from bodyjax import kinematics
+
+    rng = np.random.default_rng({"interleaved": 0, "line": 1, "star": 2}[tree])
+    n = 11
+    parents = {"interleaved": [-1, 0, 0, 1, 2, 3, 2, 4, 1, 6, 5],
+               "line": list(range(-1, n - 1)), "star": [-1] + [0] * (n - 1)}[tree]
+    local = Rotation.random(2 * 3 * n, random_state=3).as_matrix().reshape(2, 3, n, 3, 3)
+    rest = rng.normal(size=(n, 3))
+    scales = rng.uniform(0.7, 1.3, size=(2, 3, n))
+    rots, pos = kinematics.chain(jnp.asarray(local, jnp.float32), jnp.asarray(rest, jnp.float32),
+                                 parents, jnp.asarray(scales, jnp.float32))
+    ref_r, ref_p = np.zeros_like(local), np.zeros((2, 3, n, 3))
+    ref_r[..., 0, :, :], ref_p[..., 0, :] = local[..., 0, :, :], rest[0]
+    for j in range(1, n):
+        p = parents[j]
+        ref_r[..., j, :, :] = ref_r[..., p, :, :] @ local[..., j, :, :]
+        offset = (rest[j] - rest[p]) * scales[..., p, None]
+        ref_p[..., j, :] = ref_p[..., p, :] + np.einsum("...ij,...j->...i", ref_r[..., p, :, :], offset)
+    np.testing.assert_allclose(rots, ref_r, atol=2e-6)
+    np.testing.assert_allclose(pos, ref_p, atol=2e-5)
+    with pytest.raises(ValueError, match="parents must start with -1"):
+        kinematics.chain(jnp.asarray(local, jnp.float32), jnp.asarray(rest, jnp.float32), [0] + parents[1:])
+
+
 def test_weak_perspective_projection(template):
     params = random_params(np.random.default_rng(1))
     out = body.forward(template, params)

@@ -9,6 +9,14 @@ PyTorch reference implements the same model (Rodrigues, kinematic chain with seg
 blend skinning, Gram–Schmidt, weak perspective) with batched tensor ops, run eagerly as the paper's
 PyTorch code would. It then compares ``bodyjax.smpl.smpl_forward`` with the ``smplx`` package on a
 random model file in the official SMPL layout. Prints a table with the speed-up ratios.
+
+    python tools/bench_body.py --compile      # seconds to compile, not to run
+
+``--compile`` measures instead how long XLA takes to lower and compile the forward pass and its
+gradient (batch 64, each twice, the median) with ``kinematics.chain`` as it is (one step per depth
+level of the tree) and, as the reference in the same run, with the chain composed one joint at a
+time (the formulation before it, kept here). Set ``XLA_FLAGS=--xla_backend_optimization_level=0``
+to measure it as the fast test selection compiles.
 Needs the test extra (torch, smplx): ``pip install -e '.[test]'``.
 """
 from __future__ import annotations
@@ -25,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bodyjax import body  # noqa: E402
+from bodyjax import body, kinematics  # noqa: E402
 
 
 def timeit(fn, repeats: int) -> float:
@@ -200,12 +208,74 @@ def smpl_fixture_model(smplx, path):
     return smplx.SMPL(model_path=path, num_betas=10, batch_size=1, create_transl=False)
 
 
+def chain_joint_by_joint(local_rotations, rest_joints, parents, bone_scales=None):
+    """The kinematic chain composed one joint at a time: ``--compile``'s reference."""
+    local = jnp.unstack(local_rotations, axis=-3)
+    rest = jnp.unstack(rest_joints, axis=-2)
+    scales = None if bone_scales is None else jnp.unstack(bone_scales, axis=-1)
+    rots = [local[0]]
+    pos = [jnp.broadcast_to(rest[0], rots[0].shape[:-2] + (3,))]
+    for j in range(1, len(parents)):
+        p = int(parents[j])
+        offset = rest[j] - rest[p]
+        if scales is not None:
+            offset = offset * scales[p][..., None]
+        rots.append(rots[p] @ local[j])
+        pos.append(pos[p] + kinematics._matvec(rots[p], offset))
+    return jnp.stack(rots, axis=-3), jnp.stack(pos, axis=-2)
+
+
+def bench_compile(batch: int = 64, repeats: int = 2):
+    """Seconds to lower + compile ``body.forward`` and its gradient, per chain formulation."""
+    from unittest import mock
+
+    template = body.default_template()
+    rng = np.random.default_rng(0)
+    params = body.rest_params(template, (batch,), scale=100.0).replace(
+        pose=jnp.asarray(rng.normal(0, 0.3, (batch, 24, 3)).astype(np.float32)))
+    target = jnp.asarray(rng.normal(0, 50, (batch, template.num_vertices, 2)).astype(np.float32))
+
+    def loss(pose_, params_):
+        return jnp.mean((body.forward(template, params_.replace(pose=pose_)).vertices2d - target) ** 2)
+
+    rows, outputs = [], []
+    for name, chain in (("by depth level (bodyjax)", kinematics.chain), ("joint by joint (reference)", chain_joint_by_joint)):
+        with mock.patch.object(kinematics, "chain", chain):
+            times = {}
+            for kind, fn, args in (("fwd", body.forward, (template, params)),
+                                   ("grad", jax.value_and_grad(loss), (params.pose, params))):
+                seconds, lines = [], 0
+                for _ in range(repeats):
+                    jax.clear_caches()
+                    t0 = time.perf_counter()
+                    lowered = jax.jit(fn).lower(*args)
+                    compiled = lowered.compile()
+                    seconds.append(time.perf_counter() - t0)
+                    lines = lowered.as_text().count("\n")
+                times[kind] = (float(np.median(seconds)), lines)
+            outputs.append(np.asarray(jax.jit(loss)(params.pose, params)))
+            del compiled
+        rows.append((name, times))
+    print(f"compile seconds (lower + XLA), default template, batch {batch}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"{'kinematic chain':<28} {'fwd s':>7} {'HLO lines':>10} | {'fwd+grad s':>10} {'HLO lines':>10}")
+    for name, t in rows:
+        print(f"{name:<28} {t['fwd'][0]:>7.2f} {t['fwd'][1]:>10} | {t['grad'][0]:>10.2f} {t['grad'][1]:>10}")
+    ref = rows[1][1]
+    print(f"reference / bodyjax: fwd {ref['fwd'][0] / rows[0][1]['fwd'][0]:.2f}x, "
+          f"fwd+grad {ref['grad'][0] / rows[0][1]['grad'][0]:.2f}x; "
+          f"loss difference {abs(float(outputs[0]) - float(outputs[1])):.1e}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 512])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-smpl", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="measure compilation, not run time")
     args = parser.parse_args()
+    if args.compile:
+        bench_compile()
+        return
     import torch
 
     print(f"devices: jax {jax.devices()}, torch {torch.__version__} threads={torch.get_num_threads()}, "
