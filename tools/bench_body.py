@@ -17,7 +17,9 @@ gradient (batch 64, each twice, the median) with ``kinematics.chain`` as it is (
 level of the tree) and, as the reference in the same run, with the chain composed one joint at a
 time (the formulation before it, kept here). Set ``XLA_FLAGS=--xla_backend_optimization_level=0``
 to measure it as the fast test selection compiles.
-Needs the test extra (torch, smplx): ``pip install -e '.[test]'``.
+
+The run-time comparison needs the test extra (torch, smplx): ``pip install -e '.[test]'``;
+``--compile`` does not.
 """
 from __future__ import annotations
 
@@ -249,12 +251,11 @@ def bench_compile(batch: int = 64, repeats: int = 2):
                     jax.clear_caches()
                     t0 = time.perf_counter()
                     lowered = jax.jit(fn).lower(*args)
-                    compiled = lowered.compile()
+                    lowered.compile()
                     seconds.append(time.perf_counter() - t0)
                     lines = lowered.as_text().count("\n")
                 times[kind] = (float(np.median(seconds)), lines)
             outputs.append(np.asarray(jax.jit(loss)(params.pose, params)))
-            del compiled
         rows.append((name, times))
     print(f"compile seconds (lower + XLA), default template, batch {batch}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"{'kinematic chain':<28} {'fwd s':>7} {'HLO lines':>10} | {'fwd+grad s':>10} {'HLO lines':>10}")
