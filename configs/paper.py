@@ -42,6 +42,7 @@ def get_config(variant: str = ""):
     c.regressor.batch_size = 30
     c.iuv_net.image_size = 224
     c.regressor.pretrained = ""           # the paper: ImageNet weights (give a torchvision ResNet50 file)
+    c.regressor.freeze_stem = False       # the paper fine-tunes the whole network
     c.iuv_net.pretrained = ""             # (the two-stage regressor is off here)
     if variant:
         default.apply_variant(c, variant, "configs/paper.py")

@@ -33,17 +33,17 @@ LEVERS = {
     "all": {},
     # configs/paper.py's method choices at the configured sizes: every extension off, the lifter on
     # the separate 2D corpus alone
-    "paper": {"regressor.input": "rgb", "regressor.pretrained": "", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "corpus", "loop.keep_best_fits": False,
+    "paper": {"regressor.input": "rgb", "regressor.pretrained": "", "regressor.freeze_stem": False, "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "corpus", "loop.keep_best_fits": False,
               "registration_relax.num_steps": 0, "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0,
               "registration.w_depth": 1.0, "registration_first.w_depth": 1.0, "registration_first.num_steps": 300,
               "regressor.joints3d_weight": 0.0,
               "regressor.lr_final_fraction": 1.0},
-    "paper_on_images": {"regressor.input": "rgb", "regressor.pretrained": "", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "loop.keep_best_fits": False,
+    "paper_on_images": {"regressor.input": "rgb", "regressor.pretrained": "", "regressor.freeze_stem": False, "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "loop.keep_best_fits": False,
                         "registration_relax.num_steps": 0, "lifter.knee_weight": 0.0, "lifter.face_weight": 0.0,
                         "registration.w_depth": 1.0, "registration_first.w_depth": 1.0,
                         "registration_first.num_steps": 300, "regressor.joints3d_weight": 0.0,
                         "regressor.lr_final_fraction": 1.0},
-    "rgb": {"regressor.input": "rgb", "regressor.pretrained": "", "fit_views.per_fit": 0.0},   # the views are label maps
+    "rgb": {"regressor.input": "rgb", "regressor.pretrained": "", "regressor.freeze_stem": False, "fit_views.per_fit": 0.0},   # the views are label maps
     # rendered views of the fits at the same compute: half the epochs over twice the records
     "fit_views": {"fit_views.per_fit": 1.0, "regressor.num_epochs": 5},
     "no_corpus": {"loop.lifter_keypoints": "images"},
@@ -55,14 +55,18 @@ LEVERS = {
     "relax_as_later": {"registration_relax.learning_rate": 0.1, "registration_relax.w_scale": 10.0},
     "no_joints3d": {"regressor.joints3d_weight": 0.0},
     # the regressor from scratch instead of the shipped 2D-pretrained one
-    "no_pretrained_regressor": {"regressor.pretrained": ""},
+    "no_pretrained_regressor": {"regressor.pretrained": "", "regressor.freeze_stem": False},
     "ief_head": {"regressor.head": "ief"},
     "constant_lr": {"regressor.lr_final_fraction": 1.0},
     "no_priors": {"lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},
     "oracle_maps": {"loop.regressor_maps": "labels"},
+    # the two-stage regressor's label maps flipped left/right (U -> 1 - U on the mirror-symmetric charts)
+    "map_flips": {"augment.map_flip_prob": 0.5},
+    # the pretrained stem trained with the rest (the frozen stem is the default)
+    "no_frozen_stem": {"regressor.freeze_stem": False},
     "single": {"iterate": False},
     # the regressor's compute spent otherwise (each at about the default's regressor compute)
-    "input_64px": {"regressor.image_size": 64, "regressor.num_epochs": 6, "regressor.pretrained": ""},
+    "input_64px": {"regressor.image_size": 64, "regressor.num_epochs": 6, "regressor.pretrained": "", "regressor.freeze_stem": False},
     "images_600": {"data.train_size": 600, "regressor.num_epochs": 30},
     # the default of the previous stop (round 1 with the lifter's depths, 300 stiff + 200 relaxed passes
     # at the later rounds' weights; the latest fits; eq. 13 as written; a constant rate)
@@ -70,9 +74,9 @@ LEVERS = {
                      "registration_relax.num_steps": 200, "registration_relax.learning_rate": 0.1,
                      "registration_relax.w_scale": 10.0, "registration_relax.w_depth": 1.0,
                      "loop.keep_best_fits": False, "regressor.joints3d_weight": 0.0, "regressor.lr_final_fraction": 1.0,
-                     "regressor.pretrained": ""},
+                     "regressor.pretrained": "", "regressor.freeze_stem": False},
     # the defaults before the fidelity levers (the landed main's main job), for the before/after row
-    "previous_default": {"regressor.input": "rgb", "regressor.pretrained": "", "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "data.lifter_corpus": "",
+    "previous_default": {"regressor.input": "rgb", "regressor.pretrained": "", "regressor.freeze_stem": False, "fit_views.per_fit": 0.0, "loop.lifter_keypoints": "images", "data.lifter_corpus": "",
                          "loop.keep_best_fits": False, "registration_relax.num_steps": 0,
                          "registration.w_depth": 1.0, "registration_first.w_depth": 1.0, "registration_first.num_steps": 300,
                          "regressor.joints3d_weight": 0.0, "regressor.lr_final_fraction": 1.0,

@@ -168,6 +168,15 @@ def test_config_blocks_map_straight_onto_the_dataclasses():
     # ... but not the depth weight: round 1's lifter is another one
     config.registration.w_depth = 0.5
     assert experiment.loop_config(config).registration_first.w_depth == 0.0
+    # the default freezes the pretrained stem; :bench and :smoke (no pretrained network) train it
+    assert loop.regressor.freeze_stem and loop.regressor.pretrained
+    assert not experiment.loop_config(default.get_config("bench")).regressor.freeze_stem
+    assert not experiment.loop_config(default.get_config("smoke")).regressor.freeze_stem
+    # a frozen stem needs a pretrained one (a random stem would stay random)
+    config.regressor.freeze_stem, config.regressor.pretrained = True, ""
+    with pytest.raises(ValueError, match="regressor.freeze_stem=True .* regressor.pretrained is ''"):
+        experiment.loop_config(config)
+    config.regressor.freeze_stem = False
     config.lifter.knee_wieght = 1.0
     with pytest.raises(TypeError, match="config.lifter.*knee_wieght"):
         experiment.loop_config(config)
@@ -183,6 +192,7 @@ def test_paper_config_keeps_the_papers_registration_and_regressor():
     assert loop.registration.num_steps == 100 and loop.registration.learning_rate == 0.1
     assert loop.regressor.joints3d_weight == 0.0 and loop.regressor.lr_final_fraction == 1.0
     assert loop.regressor.input == "rgb" and not loop.keep_best_fits
+    assert not loop.regressor.freeze_stem and loop.augment.for_maps().flip_prob == 0.0
     assert loop.regressor.pretrained == "" and loop.regressor.head == "linear" and not loop.regressor.coords
 
 

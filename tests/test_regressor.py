@@ -904,9 +904,10 @@ def test_coordinate_channels_are_the_pixel_centres():
 
 
 def test_network_extensions_start_at_the_rest_body_and_train(template, fake):
-    """HMR's iterative error feedback head and the CoordConv input, both on in one network (one
-    compiled train step for the two: each is checked by its own assertion below)."""
-    config = dataclasses.replace(TINY_IUV, head="ief", head_hidden=16, head_iterations=2, coords=True)
+    """HMR's iterative error feedback head, the CoordConv input and the frozen stem, all on in one
+    network (one compiled train step for the three: each is checked by its own assertion below)."""
+    config = dataclasses.replace(TINY_IUV, head="ief", head_hidden=16, head_iterations=2, coords=True,
+                                 freeze_stem=True)
     state = regressor.create_state(0, config)
     records, _ = fake
     batch = sample_lib.to_batch(_take(records, 0, BATCH), with_gt=False)
@@ -919,6 +920,13 @@ def test_network_extensions_start_at_the_rest_body_and_train(template, fake):
     assert state.params["backbone"]["conv1"]["kernel"].shape[2] == regressor.input_channels("iuv") + 2
     new, stats = regressor.train_step(_fresh(state), batch, template)
     assert np.isfinite(float(stats["loss"])) and int(new.step) == 1
+    # the frozen stem keeps its parameters to the bit; the layers above it move (the unfrozen
+    # stem moves: test_train_step_one_step)
+    for name in regressor.STEM:
+        for key, value in state.params["backbone"][name].items():
+            np.testing.assert_array_equal(new.params["backbone"][name][key], value, err_msg=f"{name}/{key}")
+    assert np.any(np.asarray(new.params["backbone"]["layer1_0"]["bn2"]["scale"])
+                  != np.asarray(state.params["backbone"]["layer1_0"]["bn2"]["scale"]))
     with pytest.raises(ValueError, match=r"RegressorConfig\.head must be one of .*'mlp'"):
         dataclasses.replace(TINY, head="mlp")
 

@@ -298,18 +298,51 @@ def test_iuv_warp_is_nearest_neighbour_with_unlabelled_outside():
     assert far.sum() > 100 and np.all(out[far] == 255)
 
 
-def test_flip_mirrors_part_labels_and_drops_uv(template):
+def test_flip_mirrors_part_labels_and_charts(template):
     np.testing.assert_array_equal(np.asarray(template.part_mirror), PART_MIRROR)
+    charts = transforms.chart_mirror(template)
+    # the embedded body's charts mirror as U -> 1 - U on the torso, the limbs, hands and feet; the
+    # head's two charts are not mirror images of each other
+    np.testing.assert_array_equal(charts, [False] + [True] * 22 + [False, False])
     rng = np.random.default_rng(22)
     s = sample_lib.empty_sample((12, 20), 2, 17)
     s["iuv"] = _label_map(rng, (12, 20))
     out = transforms.flip_horizontal(s, template)["iuv"]
     assert out.dtype == np.uint8 and out.shape == s["iuv"].shape
     for y, x in np.ndindex(12, 20):
-        part = int(s["iuv"][y, 20 - 1 - x, 0])
+        part, u, v = (int(c) for c in s["iuv"][y, 20 - 1 - x])
         assert out[y, x, 0] == (PART_MIRROR[part] if part < 25 else 255), (y, x)
-    assert np.all(out[..., 1:] == 255)          # chart coordinates do not mirror onto the other side
+        if 1 <= part <= 22 and u < 255:
+            assert (out[y, x, 1], out[y, x, 2]) == (254 - u, v), (y, x)
+        else:                                   # background, head, unlabelled: no chart coordinates
+            assert out[y, x, 1] == 255 and out[y, x, 2] == 255, (y, x)
     assert np.any(out[..., 0] != s["iuv"][:, ::-1, 0])   # left/right parts really swapped
     twice = transforms.flip_horizontal(transforms.flip_horizontal(s, template), template)["iuv"]
     np.testing.assert_array_equal(twice[..., 0], s["iuv"][..., 0])
-    assert np.all(twice[..., 1:] == 255)
+    kept = (s["iuv"][..., 0] >= 1) & (s["iuv"][..., 0] <= 22) & (s["iuv"][..., 1] < 255)
+    np.testing.assert_array_equal(twice[kept], s["iuv"][kept])
+
+
+def test_flipped_label_map_is_the_mirrored_body_rendered(template):
+    """The flipped map of a rendered person is the map the renderer draws of the mirrored person
+    (the flipped GT parameters): the same parts and, on the mirror-symmetric charts, the same U, V."""
+    from bodyjax.data import synthetic
+
+    cfg = synthetic.SyntheticConfig(image_size=96)
+    for seed in (0, 1, 2):
+        params = synthetic.sample_params(np.random.default_rng(seed), template, cfg)
+        s, _ = synthetic.render_sample(template, params, cfg)
+        flipped = transforms.flip_horizontal(s, template)
+        mirrored = body.BodyParams(**{f: np.asarray(flipped[f"gt_{f}"]) for f in
+                                      ("pose", "segment_scales", "rotation", "scale", "translation")})
+        ref, _ = synthetic.render_sample(template, mirrored, cfg)
+        a, b = flipped["iuv"].astype(int), ref["iuv"].astype(int)
+        fg = (b[..., 0] >= 1) & (b[..., 0] <= 24)
+        assert fg.sum() > 400, fg.sum()
+        assert np.mean(a[..., 0][fg] == b[..., 0][fg]) > 0.97, seed
+        same = fg & (a[..., 0] == b[..., 0]) & (a[..., 0] <= 22) & (a[..., 1] < 255) & (b[..., 1] < 255)
+        assert same.sum() > 0.8 * fg.sum() * np.mean(b[..., 0][fg] <= 22)
+        err = np.abs(a[same][:, 1:] - b[same][:, 1:])       # label units (254 = the chart's width)
+        assert np.mean(err <= 3) > 0.95 and np.median(err) <= 1, (seed, np.percentile(err, [50, 95, 99]))
+        # the flip really moved the labels (not a vacuous pass)
+        assert np.mean(a[..., 1][same] == s["iuv"][..., 1][same]) < 0.5

@@ -2,6 +2,7 @@
 
     python tools/bench_regressor.py                         # both configurations
     python tools/bench_regressor.py --configs cpu --steps 10
+    python tools/bench_regressor.py --configs cpu48px cpu48px_frozen --input iuv --steps 10
 
 Each configuration builds a state, a random :class:`~bodyjax.batch.Batch` with the sample record's
 shapes (160 dense correspondences, 17 COCO keypoints, pixel-unit targets; made from stacked records
@@ -14,8 +15,10 @@ label-map regressor (random ``iuv`` maps as input) instead of the RGB one.
 Configurations:
   cpu       ``regressor.cpu_config()`` (ResNet18, width 32, 64 px), batch 32
   cpu64     ResNet18 at full width 64, 64 px, batch 32
-  cpu48px   ResNet18, width 32, 48 px (the default config's regressor), batch 32
+  cpu48px   ResNet18, width 32, 48 px (the default config's network), batch 32
   cpu32px   ResNet18, width 32, 32 px, batch 32
+  cpu48px_frozen  cpu48px with the stem frozen (``freeze_stem``: no gradient into the first
+            convolution and BatchNorm; the default config's step)
   resnet50  ``RegressorConfig()`` (ResNet50, 224 px, the paper's network), batch 8
 """
 from __future__ import annotations
@@ -42,6 +45,7 @@ CONFIGS = {
     "cpu64": (regressor.cpu_config(width=64), 32),
     "cpu48px": (regressor.cpu_config(image_size=48), 32),
     "cpu32px": (regressor.cpu_config(image_size=32), 32),
+    "cpu48px_frozen": (regressor.cpu_config(image_size=48, freeze_stem=True), 32),
     "resnet50": (regressor.RegressorConfig(), 8),
 }
 

@@ -153,11 +153,14 @@ def main(argv=None):
     parser.add_argument("--head", default="linear", choices=regressor.HEADS,
                         help="linear (the paper) or ief (iterative error feedback, an extension)")
     parser.add_argument("--coords", action="store_true", help="append x, y coordinate channels (CoordConv)")
+    parser.add_argument("--freeze-stem", action="store_true",
+                        help="train without the stem's gradient (RegressorConfig.freeze_stem)")
     parser.add_argument("--joints3d", type=float, default=0.0,
                         help="weight of the root-relative 3D joint term (0: eq. 13 as written)")
     parser.add_argument("--two-d-only", action="store_true",
                         help="train on the 2D terms of eq. 13 alone (targets weighted 0): 2D labels only")
-    parser.add_argument("--init", default=None, help="start from the variables saved by --save")
+    parser.add_argument("--init", default=None, help="start from the variables saved by --save or "
+                        "from a regressor file (regressor.save_params, e.g. bodyjax/assets/regressor_iuv_s48.npz)")
     parser.add_argument("--save", default=None, help="write the trained variables (.npz) here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=None, help="directory to keep the generated data sets in (.npz)")
@@ -177,7 +180,7 @@ def main(argv=None):
                                   num_epochs=args.epochs, batch_size=args.batch, lr_final_fraction=args.lr_final,
                                   alpha=args.weights[0], beta=args.weights[1], gamma=args.weights[2],
                                   smooth_l1_beta=args.smooth_l1_beta, head=args.head, coords=args.coords,
-                                  joints3d_weight=args.joints3d)
+                                  joints3d_weight=args.joints3d, freeze_stem=args.freeze_stem)
     aug = {"full": augment.AugmentConfig(), "none": augment.AugmentConfig(enabled=False),
            "geo": augment.AugmentConfig(flip_prob=0.0),
            "flip": augment.AugmentConfig(scale_range=(1.0, 1.0), rotation=0.0, translate=0.0, brightness=0.0,
@@ -188,7 +191,10 @@ def main(argv=None):
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
     state = regressor.create_state(args.seed, config)
-    if args.init:
+    if args.init and regressor.is_params_file(args.init):  # a regressor file (e.g. the shipped one)
+        state = regressor.load_params(state, args.init, "--init")
+        print(f"initialised from {args.init}")
+    elif args.init:
         with np.load(args.init) as f:
             flat = {tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files}
         v = flax.traverse_util.unflatten_dict(flat)

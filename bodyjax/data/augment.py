@@ -17,7 +17,8 @@ One augmentation (:func:`augment_record`), in this order:
    pose and segment scales unchanged);
 2. a left/right flip with probability ``flip_prob`` (:func:`bodyjax.data.transforms.flip_horizontal`:
    dense vertices through the body's symmetry map, keypoints through the keypoint set's flip
-   permutation, parameters mirrored);
+   permutation, parameters mirrored, label maps' parts mirrored and U flipped on the mirror-symmetric
+   charts);
 3. colour jitter of the image only: brightness, contrast and saturation factors ``1 ± jitter``.
 
 With ``config.enabled = False`` (or no config) only step 1 runs, without zoom, rotation or shift: a
@@ -49,6 +50,11 @@ class AugmentConfig:
       rotation_prob: probability of rotating at all.
       translate: maximum shift of the image centre, as a fraction of the image size (per axis).
       flip_prob: probability of the left/right flip.
+      map_flip_prob: the flip's probability for a network that reads label maps instead of the
+        image (the two-stage regressor, :meth:`for_maps`); ``None`` = ``flip_prob``. A flipped
+        label map is the map of the mirrored body on the mirror-symmetric charts whatever the
+        image shows, so it may flip where the image may not (the synthetic renderer's side-specific
+        colours).
       brightness, contrast, saturation: maximum relative change of each (uniform in ``1 ± value``).
     """
 
@@ -61,6 +67,17 @@ class AugmentConfig:
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
+    map_flip_prob: Optional[float] = None
+
+    def __post_init__(self):
+        for name in ("rotation_prob", "flip_prob", "map_flip_prob"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"AugmentConfig.{name} must be a probability in [0, 1], got {value!r}")
+
+    def for_maps(self) -> "AugmentConfig":
+        """This augmentation for a network that reads label maps: ``map_flip_prob`` as ``flip_prob``."""
+        return self if self.map_flip_prob is None else dataclasses.replace(self, flip_prob=self.map_flip_prob)
 
 
 class MirrorTables(NamedTuple):
@@ -70,17 +87,20 @@ class MirrorTables(NamedTuple):
       symmetry: ``(V,)`` mirror vertex of each vertex.
       joint_mirror: ``(24,)`` joint permutation.
       part_mirror: ``(25,)`` part permutation (0 = background).
+      chart_mirror: ``(25,)`` bool, the parts whose chart coordinate U flips as ``1 - U``
+        (:func:`bodyjax.data.transforms.chart_mirror`).
     """
 
     symmetry: np.ndarray
     joint_mirror: np.ndarray
     part_mirror: np.ndarray
+    chart_mirror: np.ndarray
 
     @classmethod
     def of(cls, template) -> "MirrorTables":
         """The tables of a :class:`~bodyjax.body.BodyTemplate`."""
         return cls(np.asarray(template.symmetry), np.asarray(template.joint_mirror),
-                   np.asarray(template.part_mirror))
+                   np.asarray(template.part_mirror), transforms.chart_mirror(template))
 
 
 def random_affine(image_hw: tuple[int, int], out_size, rng: Optional[np.random.Generator],

@@ -32,6 +32,13 @@ Ground truth under the horizontal flip ``x -> W - 1 - x`` (mirror ``M = diag(-1,
 with dense vertices mapped through ``template.symmetry`` and keypoints permuted by the keypoint
 set's ``flip_permutation`` (COCO-17: left_* <-> right_*). Samples with ``has_gt = 0`` keep their
 (zero) GT fields untouched.
+
+An ``iuv`` label map flips with its part labels through ``template.part_mirror``; its chart
+coordinates flip as ``U -> 1 - U`` (``V`` unchanged) on the parts whose charts the body's mirror
+maps that way (:func:`chart_mirror`: the embedded body's charts are mirror-symmetric, so there the
+flipped map is the map of the mirrored body), and become unlabelled on the other parts (DensePose's
+charts on SMPL mirror through a per-part lookup table, its ``UV_symmetry_transforms.mat``, which the
+project does not read).
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ import cv2
 import numpy as np
 
 from bodyjax import skeletons
-from bodyjax.data.sample import UNLABELLED
+from bodyjax.data.sample import UNLABELLED, UV_SCALE
 
 SizeLike = Union[int, Sequence[int]]
 _MIRROR = np.array([-1.0, 1.0, 1.0])
@@ -237,20 +244,54 @@ def flip_gt(pose, segment_scales, rotation, translation, joints3d, joint_mirror,
     return pose, segment_scales, rotation, translation, joints3d
 
 
+#: A part's chart flips as ``U -> 1 - U`` when at least this share of its vertices has its mirror
+#: vertex in the mirrored part at ``(1 - u, v)`` (within :data:`CHART_TOLERANCE`).
+CHART_MIRROR_SHARE = 0.95
+CHART_TOLERANCE = 0.01
+
+
+def chart_mirror(template) -> np.ndarray:
+    """``(P + 1,)`` bool: whether part ``p``'s chart flips as ``U -> 1 - U`` under the left/right mirror.
+
+    Part ``p`` qualifies when at least :data:`CHART_MIRROR_SHARE` of its vertices ``i`` have their
+    mirror vertex ``j = symmetry[i]`` in part ``part_mirror[p]`` with ``uv[j]`` within
+    :data:`CHART_TOLERANCE` of ``(1 - u_i, v_i)``. Index 0 (background) is ``False``.
+
+    Args:
+      template: a :class:`~bodyjax.body.BodyTemplate` (``uv``, ``part_ids``, ``symmetry``,
+        ``part_mirror``).
+    """
+    uv = np.asarray(template.uv, np.float64)
+    part = np.asarray(template.part_ids, np.int64)
+    sym = np.asarray(template.symmetry, np.int64)
+    part_mirror = np.asarray(template.part_mirror, np.int64)
+    ok = ((part[sym] == part_mirror[part])
+          & (np.abs(uv[sym, 0] - (1.0 - uv[:, 0])) <= CHART_TOLERANCE)
+          & (np.abs(uv[sym, 1] - uv[:, 1]) <= CHART_TOLERANCE))
+    counts = np.bincount(part, minlength=len(part_mirror)).astype(np.float64)
+    share = np.bincount(part, weights=ok.astype(np.float64), minlength=len(part_mirror)) / np.maximum(counts, 1)
+    out = (share >= CHART_MIRROR_SHARE) & (counts > 0)
+    out &= out[part_mirror]  # both charts of a pair, so that flipping twice gives the map back
+    out[0] = False
+    return out
+
+
 def flip_horizontal(sample: Mapping[str, np.ndarray], template,
                     flip_permutation: Optional[Sequence[int]] = None) -> dict:
     """Left/right flip of a sample (an involution: flipping twice gives the sample back).
 
     Args:
       sample: a sample record with ``K`` keypoints.
-      template: the body the dense vertices and GT refer to (uses ``symmetry (V,)`` and
-        ``joint_mirror (24,)``).
+      template: the body the dense vertices and GT refer to (uses ``symmetry (V,)``,
+        ``joint_mirror (24,)``, ``part_mirror`` and, for ``iuv`` maps, ``chart_mirror`` when it
+        has one (:class:`bodyjax.data.augment.MirrorTables`), else :func:`chart_mirror` of it).
       flip_permutation: ``(K,)`` keypoint permutation; default: that of the keypoint set with ``K``
         keypoints (:func:`bodyjax.skeletons.keypoint_set_for`: COCO-17 or the 24 joints).
 
     Returns:
       A new sample dict: image mirrored, ``x -> W - 1 - x``, ``dense_vertex -> symmetry[...]``,
-      keypoints permuted, GT parameters mirrored (:func:`flip_gt`).
+      keypoints permuted, GT parameters mirrored (:func:`flip_gt`), ``iuv`` parts mirrored and
+      U flipped on the mirror-symmetric charts (else unlabelled; the module docstring).
     """
     image = np.asarray(sample["image"])
     width = image.shape[1]
@@ -284,7 +325,13 @@ def flip_horizontal(sample: Mapping[str, np.ndarray], template,
         part = iuv[..., 0].astype(np.int64)
         labelled = part < len(part_mirror)
         iuv[..., 0] = np.where(labelled, part_mirror[np.where(labelled, part, 0)], UNLABELLED)
-        iuv[..., 1:] = UNLABELLED   # the charts' U, V do not mirror onto the other side's charts
+        charts = getattr(template, "chart_mirror", None)
+        charts = chart_mirror(template) if charts is None else np.asarray(charts, bool)
+        # U -> 1 - U where the chart mirrors so (the labels' scale is UV_SCALE), else unlabelled
+        mirrored = labelled & charts[np.where(labelled, part, 0)] & (iuv[..., 1] < UNLABELLED)
+        u = iuv[..., 1].astype(np.int64)
+        iuv[..., 1] = np.where(mirrored, UV_SCALE - np.minimum(u, UV_SCALE), UNLABELLED)
+        iuv[..., 2] = np.where(mirrored, iuv[..., 2], UNLABELLED)
         out["iuv"] = iuv.astype(np.uint8)
     for prefix in params_prefixes(sample):
         joints3d = sample["gt_joints3d"] if prefix == "gt" else np.zeros((len(template.joint_mirror), 3))

@@ -107,6 +107,10 @@ class LoopConfig:
     chunk: int = 64
 
     def __post_init__(self):
+        if self.regressor.freeze_stem and not self.regressor.pretrained:
+            raise ValueError("LoopConfig.regressor.freeze_stem=True keeps the stem as it starts, but "
+                             "regressor.pretrained is '' (a random stem): give a pretrained network or set "
+                             "--config.regressor.freeze_stem=False")
         if self.fit_views.per_fit > 0 and not self.uses_maps:
             raise ValueError(f"LoopConfig.fit_views.per_fit={self.fit_views.per_fit}: the rendered views "
                              "are label maps, read only by the two-stage regressor (regressor.input "
@@ -571,7 +575,8 @@ def _train_regressor(state: LoopState, template, source, config: LoopConfig, pro
     schedule = _schedule(cfg.learning_rate, cfg.lr_final_fraction, cfg.num_epochs * steps)
     seed = stage_seed(state)
     mirror = augment.MirrorTables.of(template)
-    transform = augment.Augment(mirror, cfg.image_size, config.augment)
+    transform = augment.Augment(mirror, cfg.image_size,
+                                config.augment.for_maps() if config.uses_maps else config.augment)
 
     def batches(epoch):
         for records in epochs.record_batches(source, bs, seed, epoch, [transform],
