@@ -139,6 +139,26 @@ def test_flip_moves_targets_like_flip_gt(template, mirror):
         np.testing.assert_allclose(back[f"target_{name}"], rec[f"target_{name}"], atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_record_without_image_moves_its_map_and_points_alike(template, mirror, flip):
+    """The two-stage regressor's records carry the map, not the image: same draws, same warp and flip."""
+    records = _records(template, 64, seed=9, with_gt=False)
+    cfg = augment.AugmentConfig(rotation_prob=1.0, flip_prob=1.0 if flip else 0.0)
+    with_image = [augment.augment_record(_one(records, i), mirror, 48, np.random.default_rng(i), cfg)
+                  for i in range(NUM)]
+    no_image = {k: v for k, v in records.items() if k != "image"}
+    without = [augment.augment_record(_one(no_image, i), mirror, 48, np.random.default_rng(i), cfg)
+               for i in range(NUM)]
+    for a, b in zip(with_image, without):
+        assert "image" not in b and set(b) == set(a) - {"image"}
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not np.array_equal(without[0]["iuv"], without[1]["iuv"])   # the draws did differ
+    with pytest.raises(ValueError, match="'image' or an 'iuv' map"):
+        augment.augment_record({k: v for k, v in _one(no_image, 0).items() if k != "iuv"}, mirror, 48,
+                               np.random.default_rng(0), cfg)
+
+
 def test_augment_through_grain_is_deterministic(template, mirror):
     """record_batches + Augment: the same (seed, epoch) gives the same batches, another does not."""
     source = ArraySource(_records(template, 64, seed=8))

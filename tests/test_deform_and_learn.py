@@ -51,10 +51,33 @@ def comparable(history):
 def reference(tmp_path_factory):
     """One uninterrupted run of the smoke configuration with the fits dictionary and the rendered
     views of the fits (options off in the default; shared)."""
+    import logging
+
+    import jax
+
     root = tmp_path_factory.mktemp("dnl")
     config = smoke_config(root, **OPTIONS)
-    history = experiment.train_and_evaluate(config, str(root / "reference"))
+    compiling = []                        # JAX's "Compiling jit(f) with global shapes ..." records
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling jit("):
+                compiling.append(record.getMessage().split("(", 2)[1].split(")")[0])
+
+    handler, logger, was = Handler(), logging.getLogger("jax"), jax.config.jax_log_compiles
+    logger.addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        history = experiment.train_and_evaluate(config, str(root / "reference"))
+    finally:
+        jax.config.update("jax_log_compiles", was)
+        logger.removeHandler(handler)
+    COMPILED.update({name: compiling.count(name) for name in ("_register", "_data_objective")}, all=len(compiling))
     return root, config, history
+
+
+#: How often the reference run compiled the registration's programs (filled by ``reference``).
+COMPILED: dict = {}
 
 
 def test_runs_all_rounds_and_reports(reference):
@@ -66,6 +89,15 @@ def test_runs_all_rounds_and_reports(reference):
         assert all(key in h for h in history), key
     assert comparable(read_metrics(str(root / "reference"))) == comparable(history)
     assert os.listdir(os.path.join(root, "reference", "tensorboard"))
+
+
+def test_rounds_share_one_registration_program(reference):
+    """Round 1 (from the T-pose, stiff then relaxed) and round 2 (from the regressor's prediction,
+    laid out on its device mesh) fit with one compiled program, and the fits dictionary compares
+    the new and the stored fits with one."""
+    assert reference[2][-1]["round"] == 2
+    assert COMPILED["all"] > 0            # the compilations were seen
+    assert COMPILED["_register"] <= 1 and COMPILED["_data_objective"] <= 1, COMPILED
 
 
 def test_fits_dictionary_never_worsens_the_image_terms(reference):
@@ -177,6 +209,12 @@ def test_config_blocks_map_straight_onto_the_dataclasses():
     with pytest.raises(ValueError, match="regressor.freeze_stem=True .* regressor.pretrained is ''"):
         experiment.loop_config(config)
     config.regressor.freeze_stem = False
+    # the data path: records read in the loading thread, small splits held in memory
+    assert loop.read_threads == 0 and loop.memory_records_mb > 0
+    config.loop.read_threads = -1
+    with pytest.raises(ValueError, match="read_threads must be >= 0 .* got -1"):
+        experiment.loop_config(config)
+    config.loop.read_threads = 0
     config.lifter.knee_wieght = 1.0
     with pytest.raises(TypeError, match="config.lifter.*knee_wieght"):
         experiment.loop_config(config)
@@ -194,6 +232,49 @@ def test_paper_config_keeps_the_papers_registration_and_regressor():
     assert loop.regressor.input == "rgb" and not loop.keep_best_fits
     assert not loop.regressor.freeze_stem and loop.augment.for_maps().flip_prob == 0.0
     assert loop.regressor.pretrained == "" and loop.regressor.head == "linear" and not loop.regressor.coords
+
+
+class _CountingSource:
+    """A source that counts the records read from it (each read of a stored split decodes one)."""
+
+    def __init__(self, arrays):
+        self.arrays, self.reads = arrays, 0
+
+    def __len__(self):
+        return len(self.arrays["a"])
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return {k: np.array(v[int(i)]) for k, v in self.arrays.items()}
+
+
+def test_stage_records_reads_a_small_split_once_and_streams_a_large_one():
+    import dataclasses
+
+    from bodyjax.loop import experiment
+    from configs import default
+
+    loop = experiment.loop_config(default.get_config("smoke"))
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.normal(size=(300, 4)).astype(np.float32), "b": rng.integers(0, 9, (300, 2, 2)),
+              "unused": np.zeros((300, 1000), np.uint8)}
+    source = _CountingSource(arrays)
+    held = dnl.stage_records(source, ("a", "b"), loop, "test records")
+    assert source.reads == 301            # one record to size them, then each once
+    streamed = dnl.stage_records(source, ("a", "b"), dataclasses.replace(loop, memory_records_mb=0.0), "x")
+    for i in (0, 255, 256, 299):
+        got, ref = held[i], streamed[i]
+        assert set(got) == {"a", "b"} == set(ref)
+        for k in got:
+            assert got[k].dtype == ref[k].dtype
+            np.testing.assert_array_equal(got[k], arrays[k][i])
+            np.testing.assert_array_equal(ref[k], arrays[k][i])
+    reads = source.reads
+    [held[i] for i in range(300)]
+    assert source.reads == reads          # held in memory: nothing more read
+    over_budget = dataclasses.replace(loop, memory_records_mb=300 * 24 / 2 ** 20)   # below 300 x 48 bytes
+    assert dnl.stage_records(source, ("a", "b"), over_budget, "x")[7]["b"].shape == (2, 2)
+    assert source.reads == reads + 2      # sized with one record, then streamed
 
 
 def test_mean_params_is_the_mean_of_the_fits():

@@ -131,6 +131,7 @@ def test_loop_adds_the_views_to_the_regressor_records_and_rejects_them_for_rgb(t
     assert len(source) == 6 + 10
     first, view = source[0], source[6]
     assert set(first) == set(view)
+    assert "image" not in first           # the two-stage regressor reads the maps, not the RGB
     np.testing.assert_array_equal(first["iuv"], data["iuv"][0])
     maps = np.full((6, SIZE, SIZE, 3), 7, np.uint8)      # the predictor's maps replace the labels
     source = dnl.regressor_source(dnl.Data(pipeline.ArraySource(data), None), state, loop, template, maps)
@@ -142,3 +143,6 @@ def test_loop_adds_the_views_to_the_regressor_records_and_rejects_them_for_rgb(t
     config.regressor.input = "rgb"
     with pytest.raises(ValueError, match="fit_views.per_fit"):
         experiment.loop_config(config)
+    config.fit_views.per_fit = 0.0
+    rgb = dnl.regressor_source(dnl.Data(pipeline.ArraySource(data), None), state, experiment.loop_config(config))
+    np.testing.assert_array_equal(rgb[0]["image"], data["image"][0])

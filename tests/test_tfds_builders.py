@@ -218,6 +218,21 @@ def test_grain_loader_transforms_and_process_sharding(train):
     np.testing.assert_array_equal(batches[0]["image"][1], train[1]["image"][:, ::-1])
 
 
+def test_grain_loader_reads_the_same_batches_with_any_read_threads(train):
+    """``read_threads`` (grain's ReadOptions.num_threads) changes who reads, not what is read."""
+    def run(threads):
+        return list(pipeline.make_loader(train, 4, shuffle=True, seed=5, read_threads=threads))
+
+    reference = run(None)
+    for threads in (0, 2):
+        got = run(threads)
+        assert _indices(got) == _indices(reference)
+        for a, b in zip(got, reference):
+            np.testing.assert_array_equal(a["image"], b["image"])
+    with pytest.raises(ValueError, match="read_threads"):
+        pipeline.make_loader(train, 4, read_threads=-1)
+
+
 def test_iterate_batches_and_to_arrays(train):
     def run(seed):
         return _indices(pipeline.iterate_batches(train, 4, shuffle=True, seed=seed, num_epochs=2))

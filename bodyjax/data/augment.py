@@ -150,7 +150,9 @@ def augment_record(record: Mapping[str, np.ndarray], mirror: MirrorTables, out_s
     """Augments one record (and its ``gt_*`` / ``target_*`` parameters) consistently.
 
     Args:
-      record: one sample record, optionally with ``target_*`` fields.
+      record: one sample record, optionally with ``target_*`` fields; it may carry only an ``iuv``
+        map and no ``image`` (the two-stage regressor's): the map gets the same warp and flip as
+        with the image (the colour jitter, drawn last, is skipped).
       mirror: :class:`MirrorTables` of the body (for the flip).
       out_size: ``S`` or ``(H, W)`` of the output image.
       rng: generator of the random draws (required when ``config`` is enabled).
@@ -162,12 +164,13 @@ def augment_record(record: Mapping[str, np.ndarray], mirror: MirrorTables, out_s
     record = dict(record)
     record.setdefault("has_gt", np.float32(0.0))
     enabled = config is not None and config.enabled
-    affine = random_affine(np.asarray(record["image"]).shape[:2], out_size, rng, config)
+    affine = random_affine(transforms.record_hw(record), out_size, rng, config)
     out = transforms.affine_sample(record, affine, out_size)
     if enabled:
         if rng.random() < config.flip_prob:
             out = transforms.flip_horizontal(out, mirror)
-        out["image"] = apply_color(out["image"], color_factors(rng, config))
+        if "image" in out:   # the last draws: a record without image gets the same warp and flip
+            out["image"] = apply_color(out["image"], color_factors(rng, config))
     return out
 
 

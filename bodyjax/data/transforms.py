@@ -156,6 +156,15 @@ def params_prefixes(sample: Mapping[str, np.ndarray]) -> tuple:
     return tuple(out)
 
 
+def record_hw(sample: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """``(H, W)`` of a record's pixels: its ``image``, or its ``iuv`` map when it has no image (the
+    two-stage regressor's records carry only the map it reads)."""
+    for key in ("image", "iuv"):
+        if key in sample:
+            return tuple(int(n) for n in np.shape(sample[key])[:2])
+    raise ValueError(f"a sample record needs an 'image' or an 'iuv' map, got the fields {sorted(sample)}")
+
+
 def affine_sample(sample: Mapping[str, np.ndarray], affine: np.ndarray, out_size: SizeLike) -> dict:
     """Applies a similarity ``affine`` to every field of a sample (see the module docstring).
 
@@ -165,12 +174,14 @@ def affine_sample(sample: Mapping[str, np.ndarray], affine: np.ndarray, out_size
       out_size: ``H`` or ``(H, W)`` of the new image.
 
     Returns:
-      A new sample dict (same keys and dtypes; ``image`` of shape ``(H, W, 3)``).
+      A new sample dict (same keys and dtypes; ``image`` of shape ``(H, W, 3)``; a record without
+      image, only an ``iuv`` map, keeps having none).
     """
     h, w = size_hw(out_size)
     k, q = similarity_parts(affine)
     out = {key: np.array(value, copy=True) for key, value in sample.items()}
-    out["image"] = warp_image(np.asarray(sample["image"]), affine, (h, w)).astype(np.uint8)
+    if "image" in sample:
+        out["image"] = warp_image(np.asarray(sample["image"]), affine, (h, w)).astype(np.uint8)
 
     xy = apply_affine(affine, sample["dense_xy"])
     mask = (np.asarray(sample["dense_mask"]) > 0) & inside(xy, (h, w))
@@ -293,10 +304,10 @@ def flip_horizontal(sample: Mapping[str, np.ndarray], template,
       keypoints permuted, GT parameters mirrored (:func:`flip_gt`), ``iuv`` parts mirrored and
       U flipped on the mirror-symmetric charts (else unlabelled; the module docstring).
     """
-    image = np.asarray(sample["image"])
-    width = image.shape[1]
+    width = record_hw(sample)[1]
     out = {key: np.array(value, copy=True) for key, value in sample.items()}
-    out["image"] = np.ascontiguousarray(image[:, ::-1])
+    if "image" in sample:
+        out["image"] = np.ascontiguousarray(np.asarray(sample["image"])[:, ::-1])
 
     symmetry = np.asarray(template.symmetry, np.int64)
     mask = np.asarray(sample["dense_mask"]) > 0

@@ -81,6 +81,14 @@ class LoopConfig:
         maps, added to the regressor's training records every round
         (:class:`bodyjax.data.fit_views.FitViewsConfig`; ``per_fit=0``: off).
       workers: grain worker processes for the streamed batches (0: in this process).
+      read_threads: threads reading the streamed records in each process (grain's
+        ``ReadOptions.num_threads``): 0 reads them in the loading thread, grain's advice for local or
+        in-memory data (its default, 16, is for remote storage; here it costs ~1.5 ms a record in GIL
+        contention, BENCHMARKS); ``None``: grain's default.
+      memory_records_mb: the training stages that stream a split every epoch (the part / IUV
+        predictor, the regressor) first read the fields they use into memory when these take at
+        most this many MiB (decoding a stored record costs ~0.8 ms on a CPU, a record in memory
+        ~0.02 ms); larger splits are streamed. 0: always streamed.
       shard_by_process: give each JAX process its share of the records (multi-host).
       chunk: images per jitted inference call (prediction, evaluation).
     """
@@ -103,10 +111,15 @@ class LoopConfig:
     regressor_maps: str = "labels"
     fit_views: fit_views.FitViewsConfig = fit_views.FitViewsConfig()
     workers: int = 0
+    read_threads: Optional[int] = 0
+    memory_records_mb: float = 1024.0
     shard_by_process: bool = False
     chunk: int = 64
 
     def __post_init__(self):
+        if self.read_threads is not None and int(self.read_threads) < 0:
+            raise ValueError(f"LoopConfig.read_threads must be >= 0 (or None: grain's default), got "
+                             f"{self.read_threads} (--config.loop.read_threads)")
         if self.regressor.freeze_stem and not self.regressor.pretrained:
             raise ValueError("LoopConfig.regressor.freeze_stem=True keeps the stem as it starts, but "
                              "regressor.pretrained is '' (a random stem): give a pretrained network or set "
@@ -273,14 +286,14 @@ def dense_stage(state: LoopState, template, data: Data, config: LoopConfig, prog
     mirror = augment.MirrorTables.of(template)
     transform = augment.Augment(mirror, cfg.image_size, config.augment)
     keys = ("image", "iuv") + POINT_KEYS + ("has_gt",)
-    source = _Select(data.train, keys)
+    source = stage_records(data.train, keys, config, "the part / IUV predictor's records")
     bs = min(cfg.batch_size, len(source))
     steps = len(source) // bs
     schedule = _schedule(cfg.learning_rate, cfg.lr_final_fraction, cfg.num_epochs * steps)
 
     def batches(epoch):
         for records in epochs.record_batches(source, bs, seed, epoch, [transform],
-                                             worker_count=config.workers,
+                                             worker_count=config.workers, read_threads=config.read_threads,
                                              shard_by_process=config.shard_by_process):
             yield sample.to_batch(records, with_gt=False)
 
@@ -290,6 +303,27 @@ def dense_stage(state: LoopState, template, data: Data, config: LoopConfig, prog
     new, history = epochs.run_epochs(state.iuv_net, step, batches, cfg.num_epochs, progress)
     last = {f"dense/{k}": v[-1] for k, v in history.items() if k != "seconds"}
     return _advance(state, iuv_net=new), last
+
+
+def stage_records(source, keys: Sequence[str], config: LoopConfig, name: str):
+    """The fields ``keys`` of a split's records, as a training stage streams them every epoch.
+
+    Read once into memory (a :class:`~bodyjax.data.pipeline.ArraySource`) when they take at most
+    ``config.memory_records_mb`` MiB, else a view that decodes each record as it is read. The two
+    give the same records in the same order, so the same batches.
+    """
+    selected = _Select(source, keys)
+    m = len(selected)
+    if config.memory_records_mb <= 0 or m == 0:
+        return selected
+    first = selected[0]
+    if m * sum(np.asarray(v).nbytes for v in first.values()) > config.memory_records_mb * 2 ** 20:
+        return selected
+    parts = [epochs.read(selected, np.arange(lo, min(lo + 256, m))) for lo in range(0, m, 256)]
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in first}
+    from bodyjax.data import pipeline  # noqa: PLC0415
+
+    return pipeline.ArraySource(arrays, name)
 
 
 class _Select:
@@ -427,17 +461,21 @@ def registration_stage(state: LoopState, template, data: Data, config: LoopConfi
     m = len(data.train)
     keys = POINT_KEYS + (("image", "iuv") if later else ())
     fits, reports, objectives = [], [], []
+    # Host arrays in and out: the regressor's prediction is laid out on its device mesh, and an
+    # argument with another layout than round 1's T-pose would compile the fit again.
+    host = functools.partial(jax.tree_util.tree_map, np.asarray)
     for idx, records in epochs.chunks(_Select(data.train, keys), config.registration_chunk):
         batch = _points_batch(records)
         if config.use_lifter_depths:
             vis = lifter_visibility(records["keypoint_visible"], config)
             batch = batch.replace(keypoint_depth=lifter.predict_depths(state.lifter, records["keypoints"], vis),
                                   keypoint_depth_mask=vis)
-        init = predict_records(state, template, records, config).params if later else None
+        init = host(predict_records(state, template, records, config).params) if later else None
         p, r = registration.register(template, batch, init, reg_config, size)
         if not later and config.registration_relax is not None and config.registration_relax.num_steps > 0:
             # EXTENSION: round 1 continues from its stiff fit with a softer body.
-            p, r = registration.register(template, batch, p, config.registration_relax, size)
+            p, r = registration.register(template, batch, host(p), config.registration_relax, size)
+        p = host(p)
         n = len(idx)
         if config.keep_best_fits and later:
             old = _pad_index(state.fits, idx, len(records["keypoints"]))
@@ -505,8 +543,9 @@ def _pad_index(params: body.BodyParams, idx: np.ndarray, size: int) -> body.Body
 
 def regressor_source(data: Data, state: LoopState, config: LoopConfig, template=None,
                      maps: Optional[np.ndarray] = None):
-    """The regressor's training records: the images joined with their targets θ_fit and weights,
-    then (``config.fit_views``, which needs the ``template``) this round's rendered views of the fits.
+    """The regressor's training records: the images (the two-stage regressor: only their maps, no
+    RGB) joined with their targets θ_fit and weights, then (``config.fit_views``, which needs the
+    ``template``) this round's rendered views of the fits.
 
     ``maps``: optional ``(M, H, W, 3)`` uint8 input maps of the training images that replace the
     records' ``iuv`` labels (the part / IUV predictor's, :func:`predicted_train_maps`).
@@ -517,12 +556,14 @@ def regressor_source(data: Data, state: LoopState, config: LoopConfig, template=
     extra["target_weight"] = weight
     from bodyjax.data import pipeline  # noqa: PLC0415
 
-    keys = ("image", "has_gt") + POINT_KEYS
+    # The two-stage regressor reads only the maps: its records carry no image (nor its decoding,
+    # warp and colour jitter).
+    keys = ("has_gt",) + POINT_KEYS + (() if config.uses_maps else ("image",))
     if maps is None:
         keys += ("iuv",)
     else:
         extra["iuv"] = maps
-    source = pipeline.JoinedSource(_Select(data.train, keys), extra)
+    source = pipeline.JoinedSource(stage_records(data.train, keys, config, "the regressor's records"), extra)
     if config.fit_views.per_fit <= 0:
         return source
     if template is None:
@@ -531,7 +572,10 @@ def regressor_source(data: Data, state: LoopState, config: LoopConfig, template=
     max_points = int(np.shape(data.train[0]["dense_xy"])[0])
     views = fit_views.make_records(template, jax.tree_util.tree_map(np.asarray, state.fits), weight,
                                    config.image_size, max_points, stage_seed(state), config.fit_views)
-    return source if views is None else pipeline.ConcatSource(source, pipeline.ArraySource(views, "fit views"))
+    if views is None:
+        return source
+    views = {k: v for k, v in views.items() if k in source[0]}    # no image: the maps are read
+    return pipeline.ConcatSource(source, pipeline.ArraySource(views, "fit views"))
 
 
 def predicted_train_maps(state: LoopState, data: Data, config: LoopConfig, directory: str,
@@ -580,7 +624,7 @@ def _train_regressor(state: LoopState, template, source, config: LoopConfig, pro
 
     def batches(epoch):
         for records in epochs.record_batches(source, bs, seed, epoch, [transform],
-                                             worker_count=config.workers,
+                                             worker_count=config.workers, read_threads=config.read_threads,
                                              shard_by_process=config.shard_by_process):
             yield sample.to_batch(records, with_gt=False)
 

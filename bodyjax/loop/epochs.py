@@ -56,7 +56,7 @@ def array_batches(arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, 
 
 def record_batches(source, batch_size: int, seed: int, epoch: int, transforms: Sequence[Any] = (),
                    shuffle: bool = True, worker_count: int = 0,
-                   shard_by_process: bool = False) -> Iterator[dict]:
+                   shard_by_process: bool = False, read_threads: Optional[int] = None) -> Iterator[dict]:
     """One epoch of batches of records streamed from ``source`` through grain.
 
     Args:
@@ -69,6 +69,7 @@ def record_batches(source, batch_size: int, seed: int, epoch: int, transforms: S
       shuffle: a permutation of the records (else their order).
       worker_count: grain worker processes (0: in this process).
       shard_by_process: give each JAX process its block of the records.
+      read_threads: threads reading the records (see :func:`bodyjax.data.pipeline.make_loader`).
 
     Yields:
       ``{key: (B, ...) array}`` batches.
@@ -77,7 +78,8 @@ def record_batches(source, batch_size: int, seed: int, epoch: int, transforms: S
 
     loader = pipeline.make_loader(source, batch_size, shuffle=shuffle, seed=epoch_seed(seed, epoch),
                                   num_epochs=1, worker_count=worker_count, drop_remainder=True,
-                                  transforms=transforms, shard_by_process=shard_by_process)
+                                  transforms=transforms, shard_by_process=shard_by_process,
+                                  read_threads=read_threads)
     yield from loader
 
 
