@@ -78,7 +78,8 @@ def main(argv=None) -> dict:
     curve = []
 
     def batches(epoch):
-        for i, records in enumerate(epochs.record_batches(train, args.batch_size, args.seed, epoch, [transform])):
+        stream = epochs.record_batches(train, args.batch_size, args.seed, epoch, [transform], read_threads=0)
+        for i, records in enumerate(stream):
             if epoch * steps_per_epoch + i >= args.steps:
                 return
             yield sample.to_batch(records, with_gt=False)

@@ -106,7 +106,8 @@ def main(argv=None) -> dict:
                                 augment.AugmentConfig(flip_prob=0.0))
 
     def batches(epoch):
-        for records in epochs.record_batches(source, args.batch_size, args.seed, epoch, [transform]):
+        for records in epochs.record_batches(source, args.batch_size, args.seed, epoch, [transform],
+                                             read_threads=0):
             yield sample.to_batch(records, with_gt=False)
 
     def held_out_px() -> float:

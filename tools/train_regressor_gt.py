@@ -212,7 +212,7 @@ def main(argv=None):
 
     def batches(epoch):
         for records in epochs.record_batches(source, batch_size, args.seed, epoch, [transform],
-                                             worker_count=args.workers):
+                                             worker_count=args.workers, read_threads=0):
             yield sample_lib.to_batch(records, with_gt=False)
 
     def step(s, batch, i):
