@@ -88,7 +88,7 @@ class LoopConfig:
       memory_records_mb: the training stages that stream a split every epoch (the part / IUV
         predictor, the regressor) first read the fields they use into memory when these take at
         most this many MiB (decoding a stored record costs ~0.8 ms on a CPU, a record in memory
-        ~0.02 ms); larger splits are streamed. 0: always streamed.
+        ~0.04 ms); larger splits are streamed. 0: always streamed.
       shard_by_process: give each JAX process its share of the records (multi-host).
       chunk: images per jitted inference call (prediction, evaluation).
     """
