@@ -396,12 +396,18 @@ def _network(config: IUVNetConfig) -> IUVNet:
 
 
 @functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def _init_fn(config: IUVNetConfig):
+    """One jitted initialisation per configuration (states created again reuse its program)."""
     x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    return jax.jit(lambda key: _network(config).init(key, x))
+
+    def init_network(key):
+        return _network(config).init(key, x)
+
+    return jax.jit(init_network)
 
 
-def create_state(rng, config: IUVNetConfig = IUVNetConfig()) -> IUVNetState:
+def create_state(rng, config: IUVNetConfig = IUVNetConfig(), *, abstract: bool = False) -> IUVNetState:
     """Initialises the network (at ``config.image_size``) and Adam(``config.learning_rate``).
 
     Args:
@@ -409,9 +415,17 @@ def create_state(rng, config: IUVNetConfig = IUVNetConfig()) -> IUVNetState:
         given backend: the initialisers draw with XLA's RngBitGenerator, see
         :func:`bodyjax.regressor.model.create_state`).
       config: the :class:`IUVNetConfig`.
+      abstract: only the parameters' shapes and dtypes (``jax.ShapeDtypeStruct``, no optimiser
+        state), for :func:`load_params` to fill from a file that holds every parameter: nothing is
+        initialised or compiled.
     """
     if not isinstance(config, IUVNetConfig):
         raise ValueError(f"create_state: config must be an IUVNetConfig, got {type(config).__name__}")
+    if abstract:
+        variables = jax.eval_shape(_init_fn(config), init_key(rng))
+        return IUVNetState(step=jnp.asarray(0, jnp.int32), apply_fn=_network(config).apply,
+                           params=variables["params"], tx=_optimizer(float(config.learning_rate)),
+                           opt_state=None, config=config)
     variables = _init_fn(config)(init_key(rng))
     state = IUVNetState.create(apply_fn=_network(config).apply, params=variables["params"],
                                tx=_optimizer(float(config.learning_rate)), config=config)
@@ -456,6 +470,9 @@ def load_params(state: IUVNetState, path: str, field: str = "path") -> IUVNetSta
     # A file made without keypoint heads fills the rest; the heads keep their initial values.
     keep = {"keypoint_head": params.pop("keypoint_head")} if (
         "keypoint_head" in params and not any(k.startswith("params/keypoint_head/") for k in arrays)) else {}
+    if keep and any(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree_util.tree_leaves(keep["keypoint_head"])):
+        raise ValueError(f"{field}: {path} has no keypoint heads to fill an abstract state's "
+                         "(create_state(abstract=True)); start from an initialised state")
     params = dict(pretrained.fill_variables(params, arrays, path, field, prefix="params/"), **keep)
     return state.replace(params=params, opt_state=state.tx.init(params))
 

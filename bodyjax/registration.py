@@ -194,6 +194,14 @@ def init_params(template: body.BodyTemplate, batch: Batch, image_size,
     The weak-perspective scale and translation come from the same fit (or from the points' spread
     for ``'identity'``). Returns pixel-unit :class:`~bodyjax.body.BodyParams` of shape ``(B,)``.
     """
+    if rotation not in ("affine", "identity"):
+        raise ValueError(f"init_params: rotation must be 'affine' or 'identity', got {rotation!r}")
+    return _init_params(template, batch, rotation)
+
+
+@functools.partial(jax.jit, static_argnames=("rotation",))
+def _init_params(template: body.BodyTemplate, batch: Batch, rotation: str) -> body.BodyParams:
+    # one program (eagerly, each of its few dozen operations compiled on its own)
     batch, _ = sanitize_batch(template, batch)
     fit = jax.vmap(functools.partial(_affine_init, template, rotation=rotation))
     rot, scale, trans = fit(batch.dense_xy, batch.dense_vertex, batch.dense_mask)

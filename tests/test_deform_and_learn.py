@@ -72,7 +72,8 @@ def reference(tmp_path_factory):
     finally:
         jax.config.update("jax_log_compiles", was)
         logger.removeHandler(handler)
-    COMPILED.update({name: compiling.count(name) for name in ("_register", "_data_objective")}, all=len(compiling))
+    COMPILED.update({name: compiling.count(name) for name in ("_register", "_data_objective", "_step", "_pose_errors")},
+                    all=len(compiling))
     return root, config, history
 
 
@@ -94,10 +95,13 @@ def test_runs_all_rounds_and_reports(reference):
 def test_rounds_share_one_registration_program(reference):
     """Round 1 (from the T-pose, stiff then relaxed) and round 2 (from the regressor's prediction,
     laid out on its device mesh) fit with one compiled program, and the fits dictionary compares
-    the new and the stored fits with one."""
+    the new and the stored fits with one. The lifter trains every round with one step (round 1
+    without targets), and the evaluation scores the training fits, the test predictions and the
+    mean-fit baseline with one program of errors."""
     assert reference[2][-1]["round"] == 2
     assert COMPILED["all"] > 0            # the compilations were seen
     assert COMPILED["_register"] <= 1 and COMPILED["_data_objective"] <= 1, COMPILED
+    assert COMPILED["_step"] <= 1 and COMPILED["_pose_errors"] <= 1, COMPILED
 
 
 def test_fits_dictionary_never_worsens_the_image_terms(reference):
@@ -302,6 +306,41 @@ def test_mean_params_is_the_mean_of_the_fits():
     angle = 2 * np.arctan2(np.linalg.norm(q[:, 1:], axis=-1), q[:, 0])
     ref = q[:, 1:] / np.maximum(np.linalg.norm(q[:, 1:], axis=-1, keepdims=True), 1e-12) * angle[:, None]
     np.testing.assert_allclose(mean.pose, ref, atol=1e-4)
+
+
+def _procrustes_error_mm(pred, gt):
+    """PA-MPJPE of one person, float64 NumPy: the similarity (scale, rotation, translation) that best
+    maps ``pred`` onto ``gt`` in least squares (Umeyama), then the mean joint distance."""
+    x, y = pred - pred.mean(0), gt - gt.mean(0)
+    u, s, vt = np.linalg.svd(x.T @ y)
+    d = np.sign(np.linalg.det(u @ vt))
+    fix = np.diag([1.0, 1.0, d])
+    rot = u @ fix @ vt
+    scale = np.trace(np.diag(s) @ fix) / np.sum(x ** 2)
+    return np.mean(np.linalg.norm(scale * x @ rot - y, axis=-1))
+
+
+def test_pose_metrics_match_numpy_for_any_chunk():
+    """The loop's errors: root-aligned MPJPE and PA-MPJPE against float64 NumPy references, the
+    same for every chunk size (the chunks are padded and the means taken on the host)."""
+    from bodyjax import body
+    from bodyjax.loop import deform_and_learn as dnl
+
+    t = body.default_template()
+    rng = np.random.default_rng(4)
+    m = 11
+    gt = rng.normal(0, 0.3, (m, 24, 3))
+    gt -= gt[:, :1]                                      # root-relative targets (metres)
+    pred = gt + rng.normal(0, 0.05, (m, 24, 3)) + rng.normal(0, 1.0, (m, 1, 3))   # any root
+    canonical = dnl.canonical_bone_sum(t)
+    out = {c: dnl.pose_metrics(pred, gt, t.parents, canonical, chunk=c) for c in (1, 4, 64)}
+    for c in (1, 4):
+        for k, v in out[64].items():
+            assert out[c][k] == pytest.approx(v, rel=1e-5, abs=1e-4), (c, k)
+    root = pred - pred[:, :1]
+    np.testing.assert_allclose(out[4]["mpjpe_root"], np.mean(np.linalg.norm(root - gt, axis=-1)) * 1000, rtol=1e-5)
+    pa = np.mean([_procrustes_error_mm(root[i] * 1000, gt[i] * 1000) for i in range(m)])
+    np.testing.assert_allclose(out[4]["pa_mpjpe"], pa, rtol=1e-4)
 
 
 def test_keep_best_keeps_the_lower_objective_fit():

@@ -526,6 +526,9 @@ def test_keypoint_heads_load_a_file_without_them(tmp_path):
     np.testing.assert_array_equal(loaded.params["keypoint_head"]["kernel"],
                                   fresh.params["keypoint_head"]["kernel"])
     np.testing.assert_array_equal(loaded.params["part_head"]["kernel"], plain.params["part_head"]["kernel"])
+    # an abstract state (shapes only) has no initial heads to keep: refused, naming the file
+    with pytest.raises(ValueError, match=r"no_heads\.npz has no keypoint heads"):
+        iuv_net.load_params(iuv_net.create_state(4, KP, abstract=True), path)
 
 
 def test_keypoint_heads_bad_inputs():

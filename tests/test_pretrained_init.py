@@ -111,6 +111,61 @@ def test_the_shipped_regressor_is_the_default_network_and_loads():
     assert experiment.loop_config(default.get_config("smoke")).regressor.pretrained == ""
 
 
+def _compiled_during(fn):
+    """``(fn(), names of the programs JAX compiled meanwhile)``."""
+    import logging  # noqa: PLC0415
+
+    import jax  # noqa: PLC0415
+
+    names = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling jit("):
+                names.append(record.getMessage().split("(", 2)[1].split(")")[0])
+
+    handler, logger, was = Handler(), logging.getLogger("jax"), jax.config.jax_log_compiles
+    logger.addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        return fn(), names
+    finally:
+        jax.config.update("jax_log_compiles", was)
+        logger.removeHandler(handler)
+
+
+def test_the_loop_fills_the_shipped_networks_without_initialising_them():
+    """A fresh run's regressor and part predictor, read whole from the shipped files, equal the files
+    loaded into initialised networks (weights, BatchNorm statistics, Adam's state), and their
+    random initialisations (seconds of compilation each) are never compiled."""
+    import jax  # noqa: PLC0415
+
+    from bodyjax import iuv_net  # noqa: PLC0415
+
+    loop = experiment.loop_config(default.get_config())
+    key = jax.random.PRNGKey(5)
+    for cfg, initial, reference in (
+            (loop.regressor, dnl._initial_regressor,
+             lambda: dnl.with_pretrained_backbone(regressor.create_state(key, loop.regressor), loop.regressor)),
+            (loop.iuv_net, dnl._initial_iuv_net,
+             lambda: iuv_net.load_params(iuv_net.create_state(key, loop.iuv_net), loop.iuv_net.pretrained))):
+        assert cfg.pretrained
+        got, names = _compiled_during(lambda: initial(key, cfg))
+        assert "init_network" not in names, names
+        want = reference()
+        leaves = lambda s: jax.tree_util.tree_leaves((s.params, getattr(s, "batch_stats", None), s.opt_state, s.step))  # noqa: E731
+        assert jax.tree_util.tree_structure(got.opt_state) == jax.tree_util.tree_structure(want.opt_state)
+        for a, b in zip(leaves(got), leaves(want), strict=True):
+            assert np.asarray(a).dtype == np.asarray(b).dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the abstract state is only shapes: the variables of the network, nothing computed
+    abstract = regressor.create_state(0, loop.regressor, abstract=True)
+    real = jax.eval_shape(lambda: regressor.create_state(0, loop.regressor).params)
+    assert all(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree_util.tree_leaves(abstract.params))
+    assert jax.tree_util.tree_map(lambda v: (v.shape, v.dtype), abstract.params) == \
+        jax.tree_util.tree_map(lambda v: (v.shape, v.dtype), real)
+
+
 def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
     """tools/pretrain_regressor.py at a tiny size: its file loads into the matching network, and
     its records carry no parameter target (weight 0: the 2D terms of eq. 13 alone)."""

@@ -327,6 +327,11 @@ def lift(state: LifterState, keypoints2d: Array, visibility: Array) -> Array:
       keypoints are 0.
     """
     keypoints2d, vis = _check_inputs("lift", state, keypoints2d, visibility)
+    return _jit_lift(state, keypoints2d, vis)
+
+
+@jax.jit
+def _jit_lift(state, keypoints2d, vis):
     depths, root = _jit_depths(state, keypoints2d, vis)
     xy = (keypoints2d - root[..., None, :]) * vis[..., None]
     return jnp.concatenate([xy, depths[..., None]], axis=-1)

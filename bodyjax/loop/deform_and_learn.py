@@ -195,16 +195,32 @@ def init_state(seed: int, template: body.BodyTemplate, num_train: int, config: L
         round=jnp.asarray(0, jnp.int32), stage=jnp.asarray(0, jnp.int32), rng=rng,
         lifter=lifter.create_state(k_lift, config.keypoint_set,
                                    mean_bone_ratios(template, config.keypoint_set), config.lifter),
-        regressor=with_pretrained_backbone(regressor.create_state(k_reg, config.regressor), config.regressor),
-        iuv_net=_pretrained_iuv_net(iuv_net.create_state(k_dense, config.iuv_net)) if config.uses_maps else None,
+        regressor=_initial_regressor(k_reg, config.regressor),
+        iuv_net=_initial_iuv_net(k_dense, config.iuv_net) if config.uses_maps else None,
         fits=body.rest_params(template, (num_train,)),
         fit_flagged=jnp.zeros((num_train,), bool), has_fits=jnp.asarray(False))
 
 
-def _pretrained_iuv_net(state: iuv_net.IUVNetState) -> iuv_net.IUVNetState:
-    """The part / IUV predictor with ``config.iuv_net.pretrained`` loaded (no-op without a path)."""
-    path = os.path.expanduser(state.config.pretrained)
-    return iuv_net.load_params(state, path, "config.iuv_net.pretrained") if path else state
+def _initial_iuv_net(rng, config: iuv_net.IUVNetConfig) -> iuv_net.IUVNetState:
+    """The part / IUV predictor: ``config.pretrained`` loaded, or initialised from ``rng`` without one.
+
+    A file that holds every parameter fills an abstract state (nothing initialised or compiled)."""
+    path = os.path.expanduser(config.pretrained)
+    if not path:
+        return iuv_net.create_state(rng, config)
+    abstract = not config.keypoints and os.path.isfile(path)
+    return iuv_net.load_params(iuv_net.create_state(rng, config, abstract=abstract), path, "config.iuv_net.pretrained")
+
+
+def _initial_regressor(rng, config: regressor.RegressorConfig) -> regressor.RegressorState:
+    """The regressor of a fresh run: :func:`with_pretrained_backbone` of a random initialisation, or,
+    from a whole-network file of :func:`bodyjax.regressor.save_params`, that file's network (filling
+    an abstract state: nothing initialised or compiled)."""
+    path = os.path.expanduser(config.pretrained) if config.pretrained else ""
+    if path and os.path.isfile(path) and regressor.is_params_file(path):
+        return regressor.load_params(regressor.create_state(rng, config, abstract=True), path,
+                                     "config.regressor.pretrained")
+    return with_pretrained_backbone(regressor.create_state(rng, config), config)
 
 
 def with_pretrained_backbone(state: regressor.RegressorState,
@@ -370,8 +386,13 @@ def lifter_visibility(keypoint_visible: np.ndarray, config: LoopConfig) -> np.nd
 
 def fit_keypoints3d(template: body.BodyTemplate, fits: body.BodyParams) -> np.ndarray:
     """The fits' 3D keypoints in the lifter's pixel units ``(x_img, y_img, s·z)``, ``(M, K, 3)``."""
-    out = jax.jit(body.forward_subset)(template, fits, jnp.zeros((fits.scale.shape[0], 1), jnp.int32))
-    return np.asarray(jnp.concatenate([out.keypoints2d, out.keypoints[..., 2:] * fits.scale[:, None, None]], -1))
+    return np.asarray(_fit_keypoints3d(template, fits))
+
+
+@jax.jit
+def _fit_keypoints3d(template, fits):
+    out = body.forward_subset(template, fits, jnp.zeros((fits.scale.shape[0], 1), jnp.int32))
+    return jnp.concatenate([out.keypoints2d, out.keypoints[..., 2:] * fits.scale[:, None, None]], -1)
 
 
 def train_keypoints(data: Data) -> dict:
@@ -384,9 +405,13 @@ def lifter_stage(state: LoopState, template, data: Data, config: LoopConfig, pro
     kp = train_keypoints(data)
     arrays = {"keypoints": kp["keypoints"], "keypoint_visible": lifter_visibility(kp["keypoint_visible"], config)}
     with_targets = bool(state.has_fits)
-    if with_targets:
-        arrays["target_keypoints3d"] = fit_keypoints3d(template, state.fits).astype(np.float32)
-        arrays["target_keypoints3d_mask"] = (~np.asarray(state.fit_flagged)).astype(np.float32)
+    # Round 1 has no fits: zero targets with mask 0 (and μ = 0), so that every round trains with one
+    # compiled step.
+    m = len(kp["keypoints"])
+    arrays["target_keypoints3d"] = (fit_keypoints3d(template, state.fits).astype(np.float32) if with_targets
+                                    else np.zeros(kp["keypoints"].shape[:2] + (3,), np.float32))
+    arrays["target_keypoints3d_mask"] = ((~np.asarray(state.fit_flagged)).astype(np.float32) if with_targets
+                                         else np.zeros((m,), np.float32))
     if config.lifter_keypoints in ("corpus", "both"):
         if data.corpus is None:
             raise ValueError("LoopConfig.lifter_keypoints asks for a 2D corpus but the data has none "
@@ -394,9 +419,8 @@ def lifter_stage(state: LoopState, template, data: Data, config: LoopConfig, pro
         c = len(data.corpus["keypoints"])
         corpus = {"keypoints": np.asarray(data.corpus["keypoints"], np.float32),
                   "keypoint_visible": np.asarray(data.corpus["keypoint_visible"], np.float32)}
-        if with_targets:
-            corpus["target_keypoints3d"] = np.zeros((c,) + arrays["target_keypoints3d"].shape[1:], np.float32)
-            corpus["target_keypoints3d_mask"] = np.zeros((c,), np.float32)
+        corpus["target_keypoints3d"] = np.zeros((c,) + arrays["target_keypoints3d"].shape[1:], np.float32)
+        corpus["target_keypoints3d_mask"] = np.zeros((c,), np.float32)
         if config.lifter_keypoints == "corpus" and not with_targets:
             arrays = corpus
         else:
@@ -417,8 +441,8 @@ def lifter_stage(state: LoopState, template, data: Data, config: LoopConfig, pro
             yield Batch(dense_xy=no_dense, dense_vertex=np.zeros((bs, 0), np.int32),
                         dense_mask=np.zeros((bs, 0), np.float32), keypoints=b["keypoints"],
                         keypoint_visible=b["keypoint_visible"],
-                        target_keypoints3d=b.get("target_keypoints3d"),
-                        target_keypoints3d_mask=b.get("target_keypoints3d_mask"))
+                        target_keypoints3d=b["target_keypoints3d"],
+                        target_keypoints3d_mask=b["target_keypoints3d_mask"])
 
     def step(s, batch, i):
         mu = (lifter.joint_weight_schedule(i, total, cfg.mu_start, cfg.mu_end, cfg.mu_schedule)
@@ -646,27 +670,55 @@ def canonical_bone_sum(template: body.BodyTemplate) -> float:
     return float(metrics.bone_length_sum(template.joints, template.parents))
 
 
-def pose_metrics(pred_joints, gt_joints, parents, canonical_sum: float) -> dict:
+def pose_metrics(pred_joints, gt_joints, parents, canonical_sum: float, chunk: int = 64) -> dict:
     """MPJPE (bone-length rescaled to the canonical skeleton, the paper's protocol), the same rescaled
     to each target's own skeleton, root-aligned MPJPE, PA-MPJPE and PCK/AUC, all in mm (means over
-    the people)."""
-    values = _pose_metrics(jnp.asarray(pred_joints, jnp.float32), jnp.asarray(gt_joints, jnp.float32),
-                           tuple(parents), jnp.float32(canonical_sum))
-    return {k: float(v) for k, v in values.items()}
+    the people).
+
+    The per-person errors are computed ``chunk`` people at a time (the last chunk padded), so every
+    split's size runs one compiled program; the means are taken on the host in float64.
+    """
+    per_person = epochs.map_chunks(
+        lambda a: _pose_errors(a["pred"], a["gt"], tuple(parents), jnp.float32(canonical_sum)),
+        {"pred": np.asarray(pred_joints, np.float32), "gt": np.asarray(gt_joints, np.float32)}, chunk)
+    return {k: float(np.mean(np.asarray(v, np.float64))) for k, v in per_person.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("parents",))
-def _pose_metrics(pred_joints, gt_joints, parents, canonical_sum):
+def _pose_errors(pred_joints, gt_joints, parents, canonical_sum):
     pred_mm = (pred_joints - pred_joints[:, :1]) * 1000.0
     gt_mm = gt_joints * 1000.0
     return {
-        "mpjpe": jnp.mean(metrics.mpjpe_rescaled(pred_mm, gt_mm, parents, reference=canonical_sum * 1000.0)),
-        "mpjpe_target": jnp.mean(metrics.mpjpe_rescaled(pred_mm, gt_mm, parents)),
-        "mpjpe_root": jnp.mean(metrics.mpjpe(pred_mm, gt_mm)),
-        "pa_mpjpe": jnp.mean(metrics.pa_mpjpe(pred_mm, gt_mm)),
-        "pck150": jnp.mean(metrics.pck(pred_mm, gt_mm, 150.0, align="procrustes")),
-        "auc": jnp.mean(metrics.auc(pred_mm, gt_mm, align="procrustes")),
+        "mpjpe": metrics.mpjpe_rescaled(pred_mm, gt_mm, parents, reference=canonical_sum * 1000.0),
+        "mpjpe_target": metrics.mpjpe_rescaled(pred_mm, gt_mm, parents),
+        "mpjpe_root": metrics.mpjpe(pred_mm, gt_mm),
+        "pa_mpjpe": metrics.pa_mpjpe(pred_mm, gt_mm),
+        "pck150": metrics.pck(pred_mm, gt_mm, 150.0, align="procrustes"),
+        "auc": metrics.auc(pred_mm, gt_mm, align="procrustes"),
     }
+
+
+def body_points(template: body.BodyTemplate, params: body.BodyParams, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 24 joints ``(M, 24, 3)`` and the keypoints ``(M, K, 3)`` of ``M`` parameter sets (host
+    arrays), ``chunk`` at a time (one compiled program for every ``M``)."""
+    return epochs.map_chunks(lambda p: _joints_and_keypoints(template, body.BodyParams(**p)),
+                             {f: np.asarray(getattr(params, f)) for f in sample.PARAM_FIELDS}, chunk)
+
+
+@jax.jit
+def _joints_and_keypoints(template, params):
+    out = body.forward_subset(template, params, jnp.zeros((params.scale.shape[0], 1), jnp.int32))
+    return out.joints, out.keypoints
+
+
+@jax.jit
+def _lifter_errors(lifted, gt_rel, visible):
+    """PA-MPJPE (mm, per person) of the lifted keypoints and of the same with every depth 0 (flat)."""
+    flat = lifted.at[..., 2].set(0.0)
+    return metrics.pa_mpjpe(lifted, gt_rel, visible), metrics.pa_mpjpe(flat, gt_rel, visible)
+
+
+_pixel_error = jax.jit(metrics.pixel_error)
 
 
 def mean_params(fits: body.BodyParams, weights: Optional[np.ndarray] = None) -> body.BodyParams:
@@ -699,10 +751,8 @@ def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, p
     canonical = canonical_bone_sum(template)
     train_gt = epochs.read(_Select(data.train, ("has_gt", "gt_joints3d")), np.arange(len(data.train)))
     if np.all(train_gt["has_gt"] > 0):
-        fit_joints = epochs.map_chunks(
-            lambda p: body.forward_subset(template, body.BodyParams(**p), np.zeros((len(p["scale"]), 1), np.int32)).joints,
-            {f: np.asarray(getattr(state.fits, f)) for f in sample.PARAM_FIELDS}, config.chunk)
-        for k, v in pose_metrics(fit_joints, train_gt["gt_joints3d"], parents, canonical).items():
+        fit_joints, _ = body_points(template, state.fits, config.chunk)
+        for k, v in pose_metrics(fit_joints, train_gt["gt_joints3d"], parents, canonical, config.chunk).items():
             out[f"registration/train_{k}"] = v
     preds = {"": [], "oracle_": []} if config.uses_maps else {"": []}
     test_keys = ("image", "iuv", "keypoints", "keypoint_visible") + GT_KEYS
@@ -720,23 +770,21 @@ def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, p
     has_gt = bool(np.all(gt["has_gt"] > 0))
     for prefix, chunks_ in preds.items():
         joints, pred_kp = epochs.concatenate(chunks_)
-        out[f"regressor/test_{prefix}pixel_error"] = float(np.mean(metrics.pixel_error(pred_kp, kp2d, vis)))
+        out[f"regressor/test_{prefix}pixel_error"] = float(np.mean(_pixel_error(pred_kp, kp2d, vis)))
         if has_gt:
-            for k, v in pose_metrics(joints, gt["gt_joints3d"], parents, canonical).items():
+            for k, v in pose_metrics(joints, gt["gt_joints3d"], parents, canonical, config.chunk).items():
                 out[f"regressor/test_{prefix}{k}"] = v
     if has_gt:
         out.update(baselines(state, template, gt, kp2d, vis, config, canonical))
-        gt_params = sample.params_from_record(gt, "gt")
-        gt_kp = np.asarray(jax.jit(body.forward_subset)(template, gt_params,
-                                                       jnp.zeros((len(kp2d), 1), jnp.int32)).keypoints)
+        _, gt_kp = body_points(template, sample.params_from_record(gt, "gt"), config.chunk)
         lvis = lifter_visibility(vis, config)
         lifted = lifter.lift(state.lifter, kp2d, lvis)
         ks = skeletons.get_keypoint_set(config.keypoint_set)
         gt_rel = (gt_kp - np.mean(gt_kp[:, np.asarray(ks.root)], 1, keepdims=True)) * 1000.0
-        out["lifter/test_pa_mpjpe"] = float(jnp.mean(metrics.pa_mpjpe(lifted, gt_rel, lvis)))
-        flat = np.asarray(lifted).copy()
-        flat[..., 2] = 0.0
-        out["baseline/flat_lifter_pa_mpjpe"] = float(jnp.mean(metrics.pa_mpjpe(flat, gt_rel, lvis)))
+        lifted_pa, flat_pa = _lifter_errors(jnp.asarray(lifted, jnp.float32), jnp.asarray(gt_rel, jnp.float32),
+                                            jnp.asarray(lvis, jnp.float32))
+        out["lifter/test_pa_mpjpe"] = float(np.mean(lifted_pa))
+        out["baseline/flat_lifter_pa_mpjpe"] = float(np.mean(flat_pa))
     if config.uses_maps:
         from bodyjax.iuv_net import part_iou  # noqa: PLC0415
 
@@ -755,9 +803,9 @@ def baselines(state: LoopState, template, gt: Mapping[str, np.ndarray], kp2d, vi
     mean = mean_params(jax.tree_util.tree_map(np.asarray, state.fits), weight)
     m = len(kp2d)
     tiled = jax.tree_util.tree_map(lambda a: np.broadcast_to(a, (m,) + np.shape(a)), mean)
-    joints = np.asarray(jax.jit(body.forward_subset)(template, tiled, jnp.zeros((m, 1), jnp.int32)).joints)
+    joints, _ = body_points(template, tiled, config.chunk)
     return {f"baseline/mean_fit_{k}": v for k, v in pose_metrics(joints, gt["gt_joints3d"], template.parents,
-                                                                  canonical).items()
+                                                                  canonical, config.chunk).items()
             if k in ("mpjpe", "mpjpe_root", "pa_mpjpe", "pck150")}
 
 

@@ -79,7 +79,6 @@ def write_pictures(workdir: str, state, template, data, config, history, num: in
     import cv2  # noqa: PLC0415
 
     from bodyjax import body  # noqa: PLC0415
-    from bodyjax.camera import weak_perspective  # noqa: PLC0415
     from bodyjax.loop import deform_and_learn as dnl  # noqa: PLC0415
     from bodyjax.loop import epochs, pictures  # noqa: PLC0415
 
@@ -88,17 +87,19 @@ def write_pictures(workdir: str, state, template, data, config, history, num: in
     r = len(history)
     n = min(num, len(data.train), len(data.test))
     train = epochs.read(data.train, np.arange(n), ("image",))
-    test = epochs.read(data.test, np.arange(n), ("image", "iuv"))
-    fit_out = jax.jit(body.forward)(template, jax.tree_util.tree_map(lambda a: a[:n], state.fits))
-    pred = dnl.predict_records(state, template, test, config, with_vertices=True)
-    pred_2d = weak_perspective(pred.vertices, scale=pred.params.scale, translation=pred.params.translation)
+    # The evaluation's programs: its first chunk of test records, then the body at the fits' size.
+    _, test = next(epochs.chunks(dnl._Select(data.test, ("image", "iuv")), config.chunk))
+    first = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], tree)  # noqa: E731
+    forward = lambda params: jax.device_get(jax.jit(body.forward)(template, params))  # noqa: E731
+    fit_out = forward(first(state.fits))
+    pred = forward(first(dnl.predict_records(state, template, test, config).params))
     size = 3 * train["image"].shape[1]
     rows = []
     for i in range(n):
         rows.append([
             pictures.label(pictures.overlay(train["image"][i], template, fit_out.vertices[i],
                                             fit_out.vertices2d[i]), "fit (train)"),
-            pictures.label(pictures.overlay(test["image"][i], template, pred.vertices[i], pred_2d[i]),
+            pictures.label(pictures.overlay(test["image"][i], template, pred.vertices[i], pred.vertices2d[i]),
                            "predicted (test)"),
             pictures.label(pictures.render_view(template, np.asarray(pred.vertices[i]), size), "front"),
             pictures.label(pictures.render_view(template, pictures.side_view(pred.vertices[i]), size), "side"),

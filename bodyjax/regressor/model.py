@@ -175,20 +175,41 @@ def _optimizer(learning_rate: float) -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
 
 
-def create_state(rng, config: RegressorConfig = RegressorConfig()) -> RegressorState:
+def create_state(rng, config: RegressorConfig = RegressorConfig(), *, abstract: bool = False) -> RegressorState:
     """Initialises the network (at ``config.image_size``) and Adam(``config.learning_rate``).
 
     Args:
       rng: PRNG key or int seed (see :func:`init_key`).
       config: the :class:`RegressorConfig`.
+      abstract: only the variables' shapes and dtypes (``jax.ShapeDtypeStruct``, no optimiser
+        state), for :func:`load_params` to fill from a file: nothing is initialised or compiled
+        (a ResNet's initialisation compiles for seconds on a CPU).
     """
     model = config.network()
-    x = jnp.zeros((1, config.image_size, config.image_size, input_channels(config.input)), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(init_key(rng), x)
+    init = _init_fn(config)
+    key = init_key(rng)
+    if abstract:
+        variables = jax.eval_shape(init, key)
+        return RegressorState(step=jnp.asarray(0, jnp.int32), apply_fn=model.apply, params=variables["params"],
+                              tx=_optimizer(float(config.learning_rate)), opt_state=None,
+                              batch_stats=variables["batch_stats"], config=config)
+    variables = init(key)
     state = RegressorState.create(apply_fn=model.apply, params=variables["params"],
                                   tx=_optimizer(float(config.learning_rate)),
                                   batch_stats=variables["batch_stats"], config=config)
     return _canonical(state)
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(config: RegressorConfig):
+    """One jitted initialisation per configuration (states created again reuse its program)."""
+    x = jnp.zeros((1, config.image_size, config.image_size, input_channels(config.input)), jnp.float32)
+    model = config.network()
+
+    def init_network(key):
+        return model.init(key, x, train=False)
+
+    return jax.jit(init_network)
 
 
 def _canonical(state: RegressorState) -> RegressorState:
@@ -390,8 +411,10 @@ class Prediction(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("with_vertices", "size"))
-def _predict_chunk(state: RegressorState, x: Array, template: body.BodyTemplate, size, with_vertices: bool):
+def _predict_chunk(state: RegressorState, given: Array, template: body.BodyTemplate, size, with_vertices: bool):
     cfg = state.config
+    x = network_input(cfg.input, image=given if cfg.input == "rgb" else None,
+                      iuv=given if cfg.input != "rgb" else None)
     if x.shape[1:3] != (cfg.image_size, cfg.image_size):
         # label maps by nearest sampling (as the training augmentation warps them: hard one-hot parts)
         method = "linear" if cfg.input == "rgb" else "nearest"
@@ -427,7 +450,7 @@ def predict(state: RegressorState, template: body.BodyTemplate, images=None, iuv
     depend on the resolution) and the outputs are returned in the pixels of the given inputs.
 
     Returns:
-      :class:`Prediction`.
+      :class:`Prediction` of host (NumPy) arrays.
 
     Raises:
       ValueError: the input the configuration needs is missing, not square, or wrongly shaped.
@@ -443,16 +466,15 @@ def predict(state: RegressorState, template: body.BodyTemplate, images=None, iuv
     b, size = given.shape[0], given.shape[1:3]
     if b == 0:
         raise ValueError(f"predict: {name} is empty")
-    x_all = network_input(cfg.input, image=given if cfg.input == "rgb" else None,
-                          iuv=given if cfg.input != "rgb" else None)
     bs = max(1, min(batch_size, b))
     chunks = []
     for lo in range(0, b, bs):
         idx = np.arange(lo, lo + bs) % b
         n = min(bs, b - lo)
-        res = _predict_chunk(state, x_all[idx], template, tuple(size), with_vertices)
+        # to the host before slicing: a device-side slice or concatenation compiles per shape
+        res = jax.device_get(_predict_chunk(state, given[idx], template, tuple(size), with_vertices))
         chunks.append(jax.tree_util.tree_map(lambda x, n=n: x[:n], res))
-    cat = lambda *xs: jnp.concatenate(xs, axis=0)  # noqa: E731
+    cat = lambda *xs: np.concatenate(xs, axis=0)  # noqa: E731
     pp, pn, vertices, joints, kp = (jax.tree_util.tree_map(cat, *[c[i] for c in chunks])
                                     if chunks[0][i] is not None else None for i in range(5))
     return Prediction(params=pp, params_normalized=pn, vertices=vertices, joints=joints, keypoints2d=kp)
