@@ -303,6 +303,8 @@ def test_init_without_points_is_finite_identity(template, batch):
     p = reg.init_params(template, Batch(**d), IMAGE)
     assert _finite(p)
     np.testing.assert_array_equal(np.asarray(p.rotation)[:2], np.broadcast_to(np.eye(3), (2, 3, 3)))
+    with pytest.raises(ValueError, match=r"init_params: rotation must be 'affine' or 'identity', got 'yaw'"):
+        reg.init_params(template, batch, IMAGE, rotation="yaw")
 
 
 # ----------------------------------------------------------------------------------------------
