@@ -51,33 +51,18 @@ def comparable(history):
 def reference(tmp_path_factory):
     """One uninterrupted run of the smoke configuration with the fits dictionary and the rendered
     views of the fits (options off in the default; shared)."""
-    import logging
-
-    import jax
+    from compilations import recorded
 
     root = tmp_path_factory.mktemp("dnl")
     config = smoke_config(root, **OPTIONS)
-    compiling = []                        # JAX's "Compiling jit(f) with global shapes ..." records
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            if record.getMessage().startswith("Compiling jit("):
-                compiling.append(record.getMessage().split("(", 2)[1].split(")")[0])
-
-    handler, logger, was = Handler(), logging.getLogger("jax"), jax.config.jax_log_compiles
-    logger.addHandler(handler)
-    jax.config.update("jax_log_compiles", True)
-    try:
+    with recorded() as compiling:        # JAX's "Compiling jit(f) with global shapes ..." records
         history = experiment.train_and_evaluate(config, str(root / "reference"))
-    finally:
-        jax.config.update("jax_log_compiles", was)
-        logger.removeHandler(handler)
     COMPILED.update({name: compiling.count(name) for name in ("_register", "_data_objective", "_step", "_pose_errors")},
                     all=len(compiling))
     return root, config, history
 
 
-#: How often the reference run compiled the registration's programs (filled by ``reference``).
+#: How often the reference run compiled some of its programs (filled by ``reference``).
 COMPILED: dict = {}
 
 

@@ -111,34 +111,12 @@ def test_the_shipped_regressor_is_the_default_network_and_loads():
     assert experiment.loop_config(default.get_config("smoke")).regressor.pretrained == ""
 
 
-def _compiled_during(fn):
-    """``(fn(), names of the programs JAX compiled meanwhile)``."""
-    import logging  # noqa: PLC0415
-
-    import jax  # noqa: PLC0415
-
-    names = []
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            if record.getMessage().startswith("Compiling jit("):
-                names.append(record.getMessage().split("(", 2)[1].split(")")[0])
-
-    handler, logger, was = Handler(), logging.getLogger("jax"), jax.config.jax_log_compiles
-    logger.addHandler(handler)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        return fn(), names
-    finally:
-        jax.config.update("jax_log_compiles", was)
-        logger.removeHandler(handler)
-
-
 def test_the_loop_fills_the_shipped_networks_without_initialising_them():
     """A fresh run's regressor and part predictor, read whole from the shipped files, equal the files
     loaded into initialised networks (weights, BatchNorm statistics, Adam's state), and their
     random initialisations (seconds of compilation each) are never compiled."""
     import jax  # noqa: PLC0415
+    from compilations import recorded  # noqa: PLC0415
 
     from bodyjax import iuv_net  # noqa: PLC0415
 
@@ -150,7 +128,8 @@ def test_the_loop_fills_the_shipped_networks_without_initialising_them():
             (loop.iuv_net, dnl._initial_iuv_net,
              lambda: iuv_net.load_params(iuv_net.create_state(key, loop.iuv_net), loop.iuv_net.pretrained))):
         assert cfg.pretrained
-        got, names = _compiled_during(lambda: initial(key, cfg))
+        with recorded() as names:
+            got = initial(key, cfg)
         assert "init_network" not in names, names
         want = reference()
         leaves = lambda s: jax.tree_util.tree_leaves((s.params, getattr(s, "batch_stats", None), s.opt_state, s.step))  # noqa: E731
