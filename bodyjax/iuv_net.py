@@ -396,7 +396,6 @@ def _network(config: IUVNetConfig) -> IUVNet:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def _init_fn(config: IUVNetConfig):
     """One jitted initialisation per configuration (states created again reuse its program)."""
     x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
@@ -471,8 +470,9 @@ def load_params(state: IUVNetState, path: str, field: str = "path") -> IUVNetSta
     keep = {"keypoint_head": params.pop("keypoint_head")} if (
         "keypoint_head" in params and not any(k.startswith("params/keypoint_head/") for k in arrays)) else {}
     if keep and any(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree_util.tree_leaves(keep["keypoint_head"])):
-        raise ValueError(f"{field}: {path} has no keypoint heads to fill an abstract state's "
-                         "(create_state(abstract=True)); start from an initialised state")
+        raise ValueError(f"{field}: {path} has no keypoint heads, and an abstract state "
+                         "(create_state(abstract=True)) has no initial ones to keep; load it into an "
+                         "initialised state")
     params = dict(pretrained.fill_variables(params, arrays, path, field, prefix="params/"), **keep)
     return state.replace(params=params, opt_state=state.tx.init(params))
 
