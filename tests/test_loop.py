@@ -97,3 +97,37 @@ def test_compilation_cache_is_created_and_reused(tmp_path):
     off = subprocess.run([sys.executable, "-c", script.replace(repr(str(cache)), "''")], capture_output=True,
                          text=True, env=env, timeout=300)
     assert "dir None" in off.stdout
+
+
+def test_profile_compilations_names_the_call_site_of_each_program():
+    """tools/profile_compilations.py: a program compiled under a project function is counted at that
+    function's line, with its name; other JAX messages go on to the root logger."""
+    import logging
+
+    import jax
+
+    from bodyjax import body
+    from bodyjax.loop import deform_and_learn as dnl
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    import profile_compilations  # noqa: PLC0415
+
+    t = body.default_template()
+    rng = np.random.default_rng(0)
+    gt = rng.normal(0, 0.3, (5, 24, 3))
+    log, logger, was = profile_compilations.CompilationLog(), logging.getLogger("jax"), jax.config.jax_log_compiles
+    logger.addHandler(log)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        jax.clear_caches()                # so that the errors' program compiles here
+        dnl.pose_metrics(gt + 0.01, gt - gt[:, :1], t.parents, 1.0, chunk=5)
+    finally:
+        jax.config.update("jax_log_compiles", was)
+        logger.removeHandler(log)
+    sites = {where: s for where, s in log.sites.items() if "_pose_errors" in s["names"]}
+    assert len(sites) == 1, dict(log.sites)
+    (where, s), = sites.items()
+    assert where.startswith(os.path.join("bodyjax", "")) and s["count"] >= 1
+    assert log.count >= 1 and log.count == sum(v["count"] for v in log.sites.values())
+    report = log.report(top=3)
+    assert report.splitlines()[0].startswith(f"{log.count} programs compiled")
