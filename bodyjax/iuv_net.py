@@ -98,7 +98,8 @@ class IUVNetConfig:
       learning_rate: Adam learning rate.
       lr_final_fraction: the learning rate is cosine-decayed to this fraction of ``learning_rate``
         over a stage (1.0 = constant).
-      num_epochs: epochs of a training stage.
+      num_epochs: epochs of a training stage (0: the loop uses the predictor as it is loaded, e.g.
+        the pretrained one, without fine-tuning it).
       batch_size: images per step.
     """
 
@@ -121,9 +122,9 @@ class IUVNetConfig:
 
     def __post_init__(self):
         for name in ("image_size", "width", "levels", "patch", "num_epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"IUVNetConfig.{name} must be an integer >= 1, got {value!r}")
+            value, least = getattr(self, name), 0 if name == "num_epochs" else 1
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+                raise ValueError(f"IUVNetConfig.{name} must be an integer >= {least}, got {value!r}")
         if self.image_size % (self.patch * 2 ** self.levels):
             raise ValueError(f"IUVNetConfig.image_size ({self.image_size}) must be a multiple of "
                              f"patch · 2 ** levels = {self.patch * 2 ** self.levels}")

@@ -18,6 +18,7 @@ import time
 
 from absl import app, flags
 
+from bodyjax import regressor
 from bodyjax.loop.experiment import train_and_evaluate
 from experiments import deform_and_learn  # noqa: F401 - defines --config and --workdir
 
@@ -56,6 +57,9 @@ LEVERS = {
     "no_joints3d": {"regressor.joints3d_weight": 0.0},
     # the regressor from scratch instead of the shipped 2D-pretrained one
     "no_pretrained_regressor": {"regressor.pretrained": "", "regressor.freeze_stem": False},
+    # the regressor from the shipped file pretrained on the fits of deform-and-learn's round 1 on other
+    # people (tools/pretrain_regressor.py --targets fits) instead of the 2D-pretrained one
+    "fits_pretrained": {"regressor.pretrained": regressor.PRETRAINED_IUV_48_FITS},
     "ief_head": {"regressor.head": "ief"},
     "constant_lr": {"regressor.lr_final_fraction": 1.0},
     "no_priors": {"lifter.knee_weight": 0.0, "lifter.face_weight": 0.0},

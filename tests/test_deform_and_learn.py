@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from bodyjax import regressor
 from bodyjax.loop import deform_and_learn as dnl
 from bodyjax.loop import experiment
 from configs import default
@@ -191,7 +192,11 @@ def test_config_blocks_map_straight_onto_the_dataclasses():
     assert experiment.loop_config(config).registration_first.w_depth == 0.0
     # the default freezes the pretrained stem; :bench and :smoke (no pretrained network) train it
     assert loop.regressor.freeze_stem and loop.regressor.pretrained
-    assert not experiment.loop_config(default.get_config("bench")).regressor.freeze_stem
+    bench = experiment.loop_config(default.get_config("bench")).regressor
+    assert not bench.freeze_stem
+    # :bench starts from the network pretrained on other people's fits, at the paper's fine-tuning rate
+    assert bench.pretrained == regressor.PRETRAINED_IUV_48_FITS and bench.learning_rate == 1e-4
+    assert loop.regressor.pretrained == regressor.PRETRAINED_IUV_48 and loop.regressor.learning_rate == 1e-3
     assert not experiment.loop_config(default.get_config("smoke")).regressor.freeze_stem
     # a frozen stem needs a pretrained one (a random stem would stay random)
     config.regressor.freeze_stem, config.regressor.pretrained = True, ""

@@ -89,10 +89,15 @@ _loss = jax.jit(iuv_net.loss_terms, static_argnums=3)
 @pytest.mark.parametrize("field, value", [("image_size", 30), ("width", 0), ("levels", 0),
                                           ("patch", 0), ("norm_groups", 3), ("uv_weight", -1.0),
                                           ("learning_rate", 0.0), ("lr_final_fraction", 1.5),
-                                          ("batch_size", 0), ("uv_smooth_l1_beta", 0.0)])
+                                          ("batch_size", 0), ("uv_smooth_l1_beta", 0.0),
+                                          ("num_epochs", -1), ("num_epochs", 1.5)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         iuv_net.IUVNetConfig(**{field: value})
+
+
+def test_config_takes_zero_epochs_for_a_predictor_used_as_loaded():
+    assert iuv_net.IUVNetConfig(num_epochs=0).num_epochs == 0
 
 
 @pytest.mark.parametrize("per_part", [True, False])

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
+import jax
 import numpy as np
 import pytest
 
-from bodyjax import body, regressor
+from bodyjax import body, iuv_net, regressor
 from bodyjax.data import sample, synthetic
 from bodyjax.loop import deform_and_learn as dnl
+from bodyjax.loop import epochs
 from bodyjax.loop import experiment
 from configs import default
 
@@ -109,16 +112,21 @@ def test_the_shipped_regressor_is_the_default_network_and_loads():
     assert "2D only" in str(info)
     # the smoke variant's smaller network does not take it (and does not ask for it)
     assert experiment.loop_config(default.get_config("smoke")).regressor.pretrained == ""
+    # :bench's, trained on from it on other people's fits, is made for the same network and says so
+    bench = experiment.loop_config(default.get_config("bench")).regressor
+    fits = regressor.load_params(regressor.create_state(0, bench, abstract=True), bench.pretrained)
+    with np.load(bench.pretrained) as f:
+        info = json.loads(str(f["__info__"]))
+    assert info["flags"]["targets"] == "fits" and info["labels"].startswith("2D only")
+    assert info["round"]["registration/train_pa_mpjpe"] < 60.0
+    assert not np.array_equal(np.asarray(fits.params["head"]["kernel"]), stored)
 
 
 def test_the_loop_fills_the_shipped_networks_without_initialising_them():
     """A fresh run's regressor and part predictor, read whole from the shipped files, equal the files
     loaded into initialised networks (weights, BatchNorm statistics, Adam's state), and their
     random initialisations (seconds of compilation each) are never compiled."""
-    import jax  # noqa: PLC0415
     from compilations import recorded  # noqa: PLC0415
-
-    from bodyjax import iuv_net  # noqa: PLC0415
 
     loop = experiment.loop_config(default.get_config())
     key = jax.random.PRNGKey(5)
@@ -166,3 +174,37 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
     config = regressor.RegressorConfig(depth=18, width=8, image_size=32, input="iuv")
     state = regressor.load_params(regressor.create_state(0, config), str(out))
     assert int(state.step) == 0
+
+    # --targets fits: deform-and-learn's round 1 on the pool, from that file, to another file
+    with pytest.raises(SystemExit):  # no work directory
+        pretrain_regressor.main(["--targets", "fits", "--init", str(out), "--out", str(tmp_path / "f.npz")])
+    fits_out, workdir = tmp_path / "fits.npz", tmp_path / "round"
+    argv = ["--targets", "fits", "--variant", "smoke", "--init", str(out), "--out", str(fits_out),
+            "--workdir", str(workdir), "--data-dir", str(tmp_path / "data"), "--images", "16", "--held-out", "8",
+            "--data-size", "32", "--image-size", "32", "--width", "8", "--epochs", "1", "--batch-size", "8"]
+    row = pretrain_regressor.main(argv)["round"]
+    assert row["round"] == 1 and np.isfinite(row["registration/train_pa_mpjpe"])
+    assert np.isfinite(row["regressor/test_pa_mpjpe"])
+    # the file is the round's regressor (trained on the round's fits), in float16, not its start
+    round_state, _ = pretrain_regressor.restore_round(
+        pretrain_regressor.fits_config(pretrain_regressor.parser().parse_args(argv)), str(workdir))
+    assert int(round_state.round) == 1 and int(round_state.regressor.step) > 0
+    fitted = regressor.load_params(regressor.create_state(0, config), str(fits_out))
+    for a, b in zip(jax.tree_util.tree_leaves((fitted.params, fitted.batch_stats)),
+                    jax.tree_util.tree_leaves((round_state.regressor.params, round_state.regressor.batch_stats))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(np.float16).astype(np.float32))
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(c))))
+             for a, c in zip(jax.tree_util.tree_leaves(fitted.params), jax.tree_util.tree_leaves(state.params))]
+    assert max(moved) > 1e-3
+
+    # the table's start baseline is the --init network itself on the round's test maps, scored apart
+    round_config = pretrain_regressor.fits_config(pretrain_regressor.parser().parse_args(argv))
+    template = experiment.load_template(round_config)
+    data = experiment.load_data(round_config, str(workdir), template)
+    test = epochs.read(data.test, np.arange(len(data.test)), ("image", "gt_joints3d"))
+    maps = np.asarray(iuv_net.predict(round_state.iuv_net, test["image"]))
+    start = regressor.predict(state, template, iuv=maps, with_vertices=False)
+    expected = dnl.pose_metrics(start.joints, test["gt_joints3d"], template.parents,
+                                dnl.canonical_bone_sum(template))["pa_mpjpe"]
+    assert row["baseline/start_pa_mpjpe"] == pytest.approx(expected, rel=1e-4)
+    assert abs(row["baseline/start_pa_mpjpe"] - row["regressor/test_pa_mpjpe"]) > 1e-3

@@ -2,6 +2,7 @@
 
     python tools/pretrain_regressor.py                   # rebuilds bodyjax/assets/regressor_iuv_s48.npz
     python tools/pretrain_regressor.py --epochs 1 --images 2000 --out /tmp/reg.npz   # a quick one
+    python tools/pretrain_regressor.py --targets fits --workdir DIR --out FILE   # the fits' stage (below)
 
 EXTENSION (the paper fine-tunes an ImageNet-pretrained ResNet50, which cannot be downloaded here).
 The regressor of the CPU default reads IUV maps (:mod:`bodyjax.regressor.network`); before an
@@ -22,6 +23,18 @@ and head) and fine-tune it every round.
 
 The run is deterministic given its flags on a given platform; the metadata stored in the file
 records the flags, the wall time and the held-out 2D keypoint error.
+
+``--targets fits`` (EXTENSION, still no 3D label): a second stage from the 2D-pretrained file
+(``--init``). It runs round 1 of deform-and-learn itself on the pool
+(:func:`bodyjax.loop.experiment.train_and_evaluate` with the settings of ``configs/default.py``'s
+``--variant``, ``bench`` by default; ``--seed``'s people, ``--images`` of them, one round, the
+part predictor used as loaded, not fine-tuned):
+every pool image is registered to its dense points and 2D keypoints, and the regressor is trained
+on those fits with the experiment's own eq. 13 (and its 3D joint term, from the fits). The fits
+come from the 2D labels, the body model and its priors alone; the pool's ground truth is read only
+for the run's own evaluation table (on its held-out split), as in every experiment. The work
+directory holds the run's checkpoints (rerun the command to resume it) and its ``metrics.json``;
+the file's metadata records the run's table row.
 """
 from __future__ import annotations
 
@@ -64,7 +77,8 @@ def with_rest_targets(records: dict, template) -> dict:
                 target_weight=np.zeros(n, np.float32))
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The tool's command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=regressor.PRETRAINED_IUV_48)
     p.add_argument("--data-dir", default=os.path.expanduser("~/.cache/bodyjax/data"))
@@ -77,11 +91,26 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=48, help="the network's input, px")
     p.add_argument("--depth", type=int, default=18)
     p.add_argument("--width", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: 8 (--targets 2d), configs/default.py's per-round epochs (--targets fits)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-final-fraction", type=float, default=0.05)
+    p.add_argument("--targets", default="2d", choices=("2d", "fits"),
+                   help="2d: the 2D labels alone; fits: deform-and-learn's round 1 on the pool, from --init")
+    p.add_argument("--init", default=regressor.PRETRAINED_IUV_48, help="--targets fits: the starting network")
+    p.add_argument("--workdir", default="", help="--targets fits: the round's work directory (required)")
+    p.add_argument("--variant", default="bench", help="--targets fits: the variant of configs/default.py "
+                   "whose settings the round takes (smoke: a quick check)")
+    return p
+
+
+def main(argv=None) -> dict:
+    p = parser()
     args = p.parse_args(argv)
+    if args.targets == "fits":
+        return fits_stage(args, p)
+    args.epochs = 8 if args.epochs is None else args.epochs
 
     t0 = time.time()
     template = body.default_template()
@@ -139,6 +168,69 @@ def main(argv=None) -> dict:
           f"({time.time() - t0:.0f} s)")
     return info
 
+
+def fits_config(args):
+    """The experiment config of ``--targets fits``'s round (``configs/default.py`` and the flags)."""
+    from configs import default  # noqa: PLC0415
+
+    config = default.get_config(args.variant)
+    config.seed = config.data.seed = args.seed
+    config.data.train_size, config.data.test_size = args.images, args.held_out
+    config.data.image_size = args.data_size
+    config.data.data_dir = args.data_dir
+    config.num_rounds, config.pictures = 1, False
+    config.iuv_net.num_epochs = 0           # the shipped predictor's maps, as the 2D stage read
+    config.regressor.update(pretrained=args.init, depth=args.depth, width=args.width,
+                            image_size=args.image_size, learning_rate=args.lr, batch_size=args.batch_size,
+                            lr_final_fraction=args.lr_final_fraction)
+    if args.epochs is not None:
+        config.regressor.num_epochs = args.epochs
+    return config
+
+
+def restore_round(config, workdir: str):
+    """The loop state of the newest checkpoint of ``workdir`` (run with ``config``), and its step."""
+    from bodyjax.loop import checkpoints, experiment  # noqa: PLC0415
+    from bodyjax.loop import deform_and_learn as dnl  # noqa: PLC0415
+
+    template = experiment.load_template(config)
+    state = dnl.init_state(config.seed, template, config.data.train_size, experiment.loop_config(config))
+    mgr = checkpoints.manager(workdir)
+    try:
+        return checkpoints.restore_newest(mgr, state)
+    finally:
+        mgr.close()
+
+
+def fits_stage(args, p) -> dict:
+    """``--targets fits``: deform-and-learn's round 1 on the pool, from ``--init``; writes ``--out``."""
+    if not args.workdir:
+        p.error("--targets fits needs --workdir (the round's checkpoints and metrics)")
+    if not os.path.exists(args.init):
+        p.error(f"--init: no file {args.init!r}")
+    if os.path.abspath(args.init) == os.path.abspath(args.out):
+        p.error("--targets fits would overwrite its own --init: give another --out")
+    from bodyjax.loop import experiment  # noqa: PLC0415
+
+    t0 = time.time()
+    config = fits_config(args)
+    history = experiment.train_and_evaluate(config, args.workdir)
+    state, step = restore_round(config, args.workdir)
+    row = {k: v for k, v in history[-1].items() if not k.startswith(("time/", "dense/", "lifter/"))}
+    flags = {k: v for k, v in vars(args).items() if k not in ("out", "data_dir", "iuv_net", "workdir", "maps")}
+    flags["epochs"] = int(config.regressor.num_epochs)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.abspath(args.init).startswith(repo + os.sep):
+        flags["init"] = os.path.relpath(os.path.abspath(args.init), repo)
+    info = {"tool": "tools/pretrain_regressor.py", "flags": flags, "wall_seconds": round(time.time() - t0),
+            "stage_seconds": round(sum(v for k, v in history[-1].items() if k.startswith("time/"))),
+            "labels": "2D only: round 1 of deform-and-learn on the pool (its fits of the dense points "
+                      "and 2D keypoints as targets), from the 2D-pretrained --init",
+            "round": row}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    regressor.save_params(args.out, state.regressor, info, dtype=np.float16)
+    print(f"wrote {args.out} (checkpoint {step} of {args.workdir}; {time.time() - t0:.0f} s)", flush=True)
+    return info
 
 if __name__ == "__main__":
     main()

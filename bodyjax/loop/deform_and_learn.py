@@ -223,6 +223,18 @@ def _initial_regressor(rng, config: regressor.RegressorConfig) -> regressor.Regr
     return with_pretrained_backbone(regressor.create_state(rng, config), config)
 
 
+def pretrained_regressor(config: LoopConfig) -> Optional[regressor.RegressorState]:
+    """The regressor as a fresh run starts it from a whole-network file (``config.regressor.pretrained``,
+    a file of :func:`bodyjax.regressor.save_params`), or ``None`` (from scratch, or a backbone only).
+
+    The evaluation scores it beside the trained one (``baseline/start_*``): what the run's training
+    adds to the network it was given."""
+    path = os.path.expanduser(config.regressor.pretrained) if config.regressor.pretrained else ""
+    if not (path and os.path.isfile(path) and regressor.is_params_file(path)):
+        return None
+    return _initial_regressor(0, config.regressor)
+
+
 def with_pretrained_backbone(state: regressor.RegressorState,
                              config: regressor.RegressorConfig) -> regressor.RegressorState:
     """The regressor with ``config.pretrained`` loaded.
@@ -745,7 +757,9 @@ def mean_params(fits: body.BodyParams, weights: Optional[np.ndarray] = None) -> 
 
 
 def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, progress=None):
-    """Stage 4: errors of the fits (train), the regressor (test), the lifter (test) and the baselines."""
+    """Stage 4: errors of the fits (train), the regressor (test), the lifter (test) and the baselines
+    (the training fits' mean; the flat lifter; the regressor as the run loaded it, when it came whole
+    from a file: ``baseline/start_*``)."""
     out: dict = {"round": int(state.round) + 1}
     parents = template.parents
     canonical = canonical_bone_sum(template)
@@ -755,12 +769,19 @@ def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, p
         for k, v in pose_metrics(fit_joints, train_gt["gt_joints3d"], parents, canonical, config.chunk).items():
             out[f"registration/train_{k}"] = v
     preds = {"": [], "oracle_": []} if config.uses_maps else {"": []}
+    start = pretrained_regressor(config)
+    if start is not None:
+        preds["start_"] = []
     test_keys = ("image", "iuv", "keypoints", "keypoint_visible") + GT_KEYS
     gts, kps, vis_all = [], [], []
     for idx, records in epochs.chunks(_Select(data.test, test_keys), config.chunk):
         n = len(idx)
+        maps = {predicted: network_maps(state, records, config, predicted)
+                for predicted in ((True, False) if config.uses_maps else (True,))}
         for prefix in preds:
-            p = predict_records(state, template, records, config, predicted_maps=(prefix == ""))
+            reg = start if prefix == "start_" else state.regressor
+            p = regressor.predict(reg, template, images=records["image"], iuv=maps[prefix != "oracle_"],
+                                  batch_size=config.chunk, with_vertices=False)
             preds[prefix].append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], (p.joints, p.keypoints2d)))
         gts.append({k: records[k][:n] for k in GT_KEYS})
         kps.append(records["keypoints"][:n])
@@ -770,10 +791,11 @@ def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, p
     has_gt = bool(np.all(gt["has_gt"] > 0))
     for prefix, chunks_ in preds.items():
         joints, pred_kp = epochs.concatenate(chunks_)
-        out[f"regressor/test_{prefix}pixel_error"] = float(np.mean(_pixel_error(pred_kp, kp2d, vis)))
+        name = "baseline/start_" if prefix == "start_" else f"regressor/test_{prefix}"
+        out[f"{name}pixel_error"] = float(np.mean(_pixel_error(pred_kp, kp2d, vis)))
         if has_gt:
             for k, v in pose_metrics(joints, gt["gt_joints3d"], parents, canonical, config.chunk).items():
-                out[f"regressor/test_{prefix}{k}"] = v
+                out[f"{name}{k}"] = v
     if has_gt:
         out.update(baselines(state, template, gt, kp2d, vis, config, canonical))
         _, gt_kp = body_points(template, sample.params_from_record(gt, "gt"), config.chunk)

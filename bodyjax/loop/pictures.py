@@ -72,9 +72,10 @@ def grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
 def error_plot(history: Sequence[Mapping[str, float]], path: str,
                keys=("regressor/test_mpjpe", "regressor/test_pa_mpjpe", "registration/train_mpjpe",
                      "registration/train_pa_mpjpe", "baseline/mean_fit_pa_mpjpe",
-                     "baseline/flat_lifter_pa_mpjpe")) -> None:
+                     "baseline/start_pa_mpjpe", "baseline/flat_lifter_pa_mpjpe")) -> None:
     """The error-per-round plot of the paper's Fig. 2 (test/train joint errors in mm), with the
-    baselines (dashed): the mean of the training fits as a constant prediction, the flat lifter."""
+    baselines (dashed): the mean of the training fits as a constant prediction, the pretrained
+    regressor before any training (when there is one), the flat lifter."""
     import matplotlib
 
     matplotlib.use("Agg")

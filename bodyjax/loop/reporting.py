@@ -17,7 +17,8 @@ COLUMNS = (
     ("registration/replaced", "replaced"),
     ("regressor/test_{mpjpe}", "test MPJPE"), ("regressor/test_pa_mpjpe", "test PA"),
     ("regressor/test_oracle_pa_mpjpe", "oracle PA"),
-    ("baseline/mean_fit_pa_mpjpe", "mean-fit PA"), ("regressor/test_pck150", "test PCK150"),
+    ("baseline/mean_fit_pa_mpjpe", "mean-fit PA"), ("baseline/start_pa_mpjpe", "start PA"),
+    ("regressor/test_pck150", "test PCK150"),
     ("regressor/test_pixel_error", "test px"), ("lifter/test_pa_mpjpe", "lifter PA"),
     ("baseline/flat_lifter_pa_mpjpe", "flat PA"), ("registration/flagged_fraction", "flagged"),
 )
@@ -42,8 +43,9 @@ def format_table(history: Sequence[Mapping], mpjpe: str = "mpjpe") -> str:
     return "\n".join(lines) + (
         f"\n(errors in mm over the 24 joints; MPJPE root-aligned after rescaling the bone-length sum to "
         f"{rescale}; PA after Procrustes. mean-fit: the mean of the training fits as a constant "
-        "prediction; flat: the lifter's keypoints with all depths equal; oracle: the regressor on the "
-        "label maps instead of the predicted ones)")
+        "prediction; start: the regressor as loaded from its pretrained file, before any training; flat: the "
+        "lifter's keypoints with all depths equal; oracle: the regressor on the label maps instead of the "
+        "predicted ones)")
 
 
 def write_json(path: str, obj) -> None:
