@@ -87,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=int, default=300)
     p.add_argument("--data-size", type=int, default=64, help="pool image size, px (the maps are resampled)")
     p.add_argument("--maps", default="predicted", choices=("predicted", "labels"))
-    p.add_argument("--iuv-net", default=iuv_net.PRETRAINED_64, help="the predictor of --maps predicted")
+    p.add_argument("--iuv-net", default=iuv_net.PRETRAINED_64,
+                   help="the part / IUV predictor (of --maps predicted; of --targets fits' round)")
     p.add_argument("--image-size", type=int, default=48, help="the network's input, px")
     p.add_argument("--depth", type=int, default=18)
     p.add_argument("--width", type=int, default=32)
@@ -179,7 +180,8 @@ def fits_config(args):
     config.data.image_size = args.data_size
     config.data.data_dir = args.data_dir
     config.num_rounds, config.pictures = 1, False
-    config.iuv_net.num_epochs = 0           # the shipped predictor's maps, as the 2D stage read
+    config.iuv_net.pretrained = args.iuv_net
+    config.iuv_net.num_epochs = 0           # the predictor's maps as the 2D stage read them
     config.regressor.update(pretrained=args.init, depth=args.depth, width=args.width,
                             image_size=args.image_size, learning_rate=args.lr, batch_size=args.batch_size,
                             lr_final_fraction=args.lr_final_fraction)
@@ -231,6 +233,7 @@ def fits_stage(args, p) -> dict:
     regressor.save_params(args.out, state.regressor, info, dtype=np.float16)
     print(f"wrote {args.out} (checkpoint {step} of {args.workdir}; {time.time() - t0:.0f} s)", flush=True)
     return info
+
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,8 @@ from bodyjax.regressor.head import (HeadOutput, POSE_DIMS, POSE_HEADS, decode_he
                                     split_head)
 from bodyjax.regressor.model import (NETWORK_FIELDS, PRETRAINED_IUV_48, PRETRAINED_IUV_48_FITS, STEM,
                                      Prediction, RegressorConfig, RegressorState, cpu_config, create_state,
-                                     init_key, eval_step, is_params_file, load_params, loss_terms, make_mesh, predict,
-                                     replicate, save_params, train_step)
+                                     init_key, eval_step, is_params_file, load_params, loss_terms, make_mesh,
+                                     predict, replicate, save_params, train_step)
 from bodyjax.regressor.network import (HEADS, IMAGENET_MEAN, IMAGENET_STD, INPUTS, Regressor, encode_maps,
                                        input_channels, network_input, preprocess)
 
@@ -25,7 +25,7 @@ __all__ = [
     "HeadOutput", "POSE_DIMS", "POSE_HEADS", "decode_head", "encode_head", "head_size", "pose_rotations",
     "regression_vectors", "rest_head", "split_head", "Prediction", "RegressorConfig", "RegressorState",
     "NETWORK_FIELDS", "PRETRAINED_IUV_48", "PRETRAINED_IUV_48_FITS", "STEM", "is_params_file", "load_params",
-    "save_params", "cpu_config", "create_state", "init_key", "eval_step", "loss_terms", "make_mesh", "predict", "replicate",
-    "train_step", "HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "INPUTS", "Regressor", "encode_maps",
+    "save_params", "cpu_config", "create_state", "init_key", "eval_step", "loss_terms", "make_mesh", "predict",
+    "replicate", "train_step", "HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "INPUTS", "Regressor", "encode_maps",
     "input_channels", "network_input", "preprocess",
 ]
