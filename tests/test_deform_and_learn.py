@@ -110,6 +110,17 @@ def test_killed_run_resumes_to_the_same_result(reference):
     assert comparable(resumed) == comparable(history)
 
 
+def test_finished_run_reopened_runs_nothing(reference, capsys):
+    """The same command on a finished run says so and returns its metrics, training nothing."""
+    root, config, history = reference
+    capsys.readouterr()
+    again = experiment.train_and_evaluate(config, str(root / "reference"))
+    captured = capsys.readouterr()
+    out = captured.out + captured.err                # (the progress bars are on stderr)
+    assert "all 2 rounds are done; nothing to run" in out and "resuming" not in out
+    assert "round 1/2" not in out and comparable(again) == comparable(history)
+
+
 def test_damaged_checkpoint_is_skipped(reference, capsys):
     """The newest checkpoint of a run (a copy of the reference's) is truncated: the rerun says so,
     resumes from the previous one, reruns the last stage and ends with the uninterrupted metrics.

@@ -87,8 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=int, default=300)
     p.add_argument("--data-size", type=int, default=64, help="pool image size, px (the maps are resampled)")
     p.add_argument("--maps", default="predicted", choices=("predicted", "labels"))
-    p.add_argument("--iuv-net", default=iuv_net.PRETRAINED_64,
-                   help="the part / IUV predictor (of --maps predicted; of --targets fits' round)")
+    p.add_argument("--iuv-net", default=None,
+                   help="the part / IUV predictor of --maps predicted (default: the shipped one) and of "
+                        "--targets fits' round (default: the variant's)")
     p.add_argument("--image-size", type=int, default=48, help="the network's input, px")
     p.add_argument("--depth", type=int, default=18)
     p.add_argument("--width", type=int, default=32)
@@ -112,6 +113,7 @@ def main(argv=None) -> dict:
     if args.targets == "fits":
         return fits_stage(args, p)
     args.epochs = 8 if args.epochs is None else args.epochs
+    args.iuv_net = iuv_net.PRETRAINED_64 if args.iuv_net is None else args.iuv_net
 
     t0 = time.time()
     template = body.default_template()
@@ -180,7 +182,8 @@ def fits_config(args):
     config.data.image_size = args.data_size
     config.data.data_dir = args.data_dir
     config.num_rounds, config.pictures = 1, False
-    config.iuv_net.pretrained = args.iuv_net
+    if args.iuv_net is not None:
+        config.iuv_net.pretrained = args.iuv_net
     config.iuv_net.num_epochs = 0           # the predictor's maps as the 2D stage read them
     config.regressor.update(pretrained=args.init, depth=args.depth, width=args.width,
                             image_size=args.image_size, learning_rate=args.lr, batch_size=args.batch_size,

@@ -183,8 +183,11 @@ def train_and_evaluate(config, workdir: str) -> list:
         # keep finished rounds and the round in progress (its completed stages' metrics)
         # Finished rounds and the round in progress; a stage that is re-run recomputes its values.
         history = [h for h in history if h["round"] <= int(state.round) + (int(state.stage) > 0)]
-        print(f"resuming from checkpoint {step}: round {int(state.round) + 1}, stage "
-              f"'{dnl.STAGES[int(state.stage)]}'", flush=True)
+        if int(state.round) >= num_rounds:
+            print(f"checkpoint {step}: all {num_rounds} rounds are done; nothing to run", flush=True)
+        else:
+            print(f"resuming from checkpoint {step}: round {int(state.round) + 1}, stage "
+                  f"'{dnl.STAGES[int(state.stage)]}'", flush=True)
     writer = reporting.tensorboard_writer(workdir)
     try:
         stages_run = 0
