@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from bodyjax import regressor
+from bodyjax import iuv_net, regressor
 from bodyjax.loop import deform_and_learn as dnl
 from bodyjax.loop import experiment
 from configs import default
@@ -208,6 +208,21 @@ def test_config_blocks_map_straight_onto_the_dataclasses():
     # :bench starts from the network pretrained on other people's fits, at the paper's fine-tuning rate
     assert bench.pretrained == regressor.PRETRAINED_IUV_48_FITS and bench.learning_rate == 1e-4
     assert loop.regressor.pretrained == regressor.PRETRAINED_IUV_48 and loop.regressor.learning_rate == 1e-3
+    # both read the shipped part predictor's maps as they are (no fine-tuning in round 1) ...
+    bench_iuv = experiment.loop_config(default.get_config("bench")).iuv_net
+    assert bench_iuv.num_epochs == 0 and bench_iuv.pretrained == iuv_net.PRETRAINED_64
+    assert loop.iuv_net.num_epochs == 0 and loop.iuv_net.pretrained == iuv_net.PRETRAINED_64
+    # ... which a run without a pretrained predictor must train
+    config.iuv_net.pretrained = ""
+    with pytest.raises(ValueError, match=r"iuv_net.num_epochs=0 .* iuv_net.pretrained is ''"):
+        experiment.loop_config(config)
+    config.iuv_net.num_epochs = 5
+    assert experiment.loop_config(config).iuv_net.num_epochs == 5
+    config.regressor.input = "rgb"   # the paper's regressor reads no maps: no predictor needed
+    config.iuv_net.num_epochs, config.fit_views.per_fit = 0, 0.0
+    config.regressor.freeze_stem, config.regressor.pretrained = False, ""
+    assert not experiment.loop_config(config).uses_maps
+    config = default.get_config()
     assert not experiment.loop_config(default.get_config("smoke")).regressor.freeze_stem
     # a frozen stem needs a pretrained one (a random stem would stay random)
     config.regressor.freeze_stem, config.regressor.pretrained = True, ""

@@ -182,6 +182,12 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
     argv = ["--targets", "fits", "--variant", "smoke", "--init", str(out), "--out", str(fits_out),
             "--workdir", str(workdir), "--data-dir", str(tmp_path / "data"), "--images", "16", "--held-out", "8",
             "--data-size", "32", "--image-size", "32", "--width", "8", "--epochs", "1", "--batch-size", "8"]
+    with pytest.raises(SystemExit):  # :smoke has no pretrained predictor, and the round does not train one
+        pretrain_regressor.main(argv)
+    predictor = tmp_path / "predictor.npz"   # a 32-px predictor file (untrained: the maps' quality is not tested)
+    smoke_iuv = experiment.loop_config(default.get_config("smoke")).iuv_net
+    iuv_net.save_params(str(predictor), iuv_net.create_state(0, smoke_iuv), {"test": "untrained"})
+    argv += ["--iuv-net", str(predictor)]
     row = pretrain_regressor.main(argv)["round"]
     assert row["round"] == 1 and np.isfinite(row["registration/train_pa_mpjpe"])
     assert np.isfinite(row["regressor/test_pa_mpjpe"])
@@ -208,3 +214,30 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
                                 dnl.canonical_bone_sum(template))["pa_mpjpe"]
     assert row["baseline/start_pa_mpjpe"] == pytest.approx(expected, rel=1e-4)
     assert abs(row["baseline/start_pa_mpjpe"] - row["regressor/test_pa_mpjpe"]) > 1e-3
+
+
+def test_predictor_pretraining_tool_records_its_init_file(tmp_path):
+    """tools/pretrain_iuv_net.py at a tiny size, twice: the second stage starts from the first's file
+    (``--init``, here overwritten by ``--out`` as when the shipped asset is rebuilt in place), moves
+    its weights, and keeps the first stage's record in ``init_info``."""
+    import sys  # noqa: PLC0415
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    import pretrain_iuv_net  # noqa: PLC0415
+
+    out = tmp_path / "iuv.npz"
+    common = ["--out", str(out), "--data-dir", str(tmp_path / "data"), "--images", "16", "--held-out", "8",
+              "--image-size", "32", "--width", "8", "--steps", "2", "--batch-size", "8", "--eval-every", "1"]
+    first = pretrain_iuv_net.main(common)
+    assert "init_info" not in first and first["flags"]["init"] in (None, "")
+    config = iuv_net.IUVNetConfig(image_size=32, width=8)
+    before = iuv_net.load_params(iuv_net.create_state(0, config), str(out))
+    second = pretrain_iuv_net.main(common + ["--init", str(out), "--lr", "1e-3"])
+    with np.load(out) as f:
+        stored = json.loads(str(f["__info__"]))
+    assert stored["init_info"] == json.loads(json.dumps({k: v for k, v in first.items()}))
+    assert second["flags"]["init"] == str(out) and second["flags"]["lr"] == 1e-3
+    after = iuv_net.load_params(iuv_net.create_state(0, config), str(out))
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree_util.tree_leaves(after.params), jax.tree_util.tree_leaves(before.params))]
+    assert max(moved) > 0

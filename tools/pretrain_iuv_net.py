@@ -1,6 +1,7 @@
 """Pretrains the part / IUV predictor on the 2D labels of synthetic people; writes the shipped asset.
 
     python tools/pretrain_iuv_net.py                      # rebuilds bodyjax/assets/iuv_net_s64.npz
+    python tools/pretrain_iuv_net.py --init bodyjax/assets/iuv_net_s64.npz --lr 1e-3   # its second stage
     python tools/pretrain_iuv_net.py --steps 2000 --out /tmp/iuv.npz     # a quick one
     python tools/pretrain_iuv_net.py --keypoints --init bodyjax/assets/iuv_net_s64.npz \
         --steps 3000 --out /tmp/iuv_kp.npz           # + keypoint heat-map heads (EXTENSION)
@@ -30,7 +31,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from bodyjax import body, iuv_net  # noqa: E402
+from bodyjax import body, iuv_net, pretrained  # noqa: E402
 from bodyjax.data import augment, pipeline, sample, synthetic, tfds_builders  # noqa: E402
 from bodyjax.loop import epochs  # noqa: E402
 
@@ -68,7 +69,9 @@ def main(argv=None) -> dict:
                                   batch_size=args.batch_size, keypoints=num_keypoints,
                                   keypoint_weight=args.keypoint_weight)
     state = iuv_net.create_state(args.seed, config)
+    init_info = None
     if args.init:
+        init_info = pretrained.read_weights(args.init, "--init", "part / IUV predictor")[1]
         state = iuv_net.load_params(state, args.init, "--init")
     schedule = optax.cosine_decay_schedule(args.lr, args.steps, alpha=args.lr_final_fraction)
     transform = augment.Augment(augment.MirrorTables.of(template), args.image_size,
@@ -108,6 +111,8 @@ def main(argv=None) -> dict:
             **({"held_out_keypoint_px": curve[-1][2], "keypoints": num_keypoints} if num_keypoints else {}),
             "curve": curve, "wall_seconds": round(time.time() - t0), "labels": "2D only (per-pixel part, U, V"
             + (", 2D keypoints)" if num_keypoints else ")")}
+    if init_info is not None:   # the --init file's own record: --out may overwrite it
+        info["init_info"] = {k: v for k, v in init_info.items() if k != "network"}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     iuv_net.save_params(args.out, state, info)
     print(f"wrote {args.out}: held-out part mIoU {curve[-1][1]:.3f} after {args.steps} steps "

@@ -17,7 +17,9 @@ left to the experiment's fits.
 
 The maps are those the experiment's regressor reads (``--maps predicted``, the default): the
 shipped part / IUV predictor (``bodyjax/assets/iuv_net_s64.npz``) run on the pool's images, or the
-rendered label maps (``--maps labels``). The experiments load the file through
+rendered label maps (``--maps labels``). The shipped regressor files were made with the
+predictor's first stage (``python tools/pretrain_iuv_net.py --out FILE``, before its second stage
+from ``--init``): pass that ``FILE`` as ``--iuv-net`` to rebuild them exactly. The experiments load the file through
 ``config.regressor.pretrained`` (:func:`bodyjax.regressor.load_params`: the whole network, backbone
 and head) and fine-tune it every round.
 
@@ -219,6 +221,9 @@ def fits_stage(args, p) -> dict:
 
     t0 = time.time()
     config = fits_config(args)
+    if not config.iuv_net.pretrained:
+        p.error(f"--targets fits reads the part / IUV predictor's maps as loaded, and --variant "
+                f"{args.variant!r} has none (iuv_net.pretrained ''): give --iuv-net FILE")
     history = experiment.train_and_evaluate(config, args.workdir)
     state, step = restore_round(config, args.workdir)
     row = {k: v for k, v in history[-1].items() if not k.startswith(("time/", "dense/", "lifter/"))}
