@@ -60,7 +60,7 @@ LEVERS = {
     # the regressor from the shipped file pretrained on the fits of deform-and-learn's round 1 on other
     # people (tools/pretrain_regressor.py --targets fits) instead of the 2D-pretrained one
     "fits_pretrained": {"regressor.pretrained": regressor.PRETRAINED_IUV_48_FITS},
-    # the part / IUV predictor fine-tuned in round 1 on the run's dense labels (the default uses it as shipped)
+    # the part / IUV predictor fine-tuned in round 1 on the run's dense labels (the default: as shipped)
     "finetune_predictor": {"iuv_net.num_epochs": 5},
     "ief_head": {"regressor.head": "ief"},
     "constant_lr": {"regressor.lr_final_fraction": 1.0},

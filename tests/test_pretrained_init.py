@@ -184,7 +184,7 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
             "--data-size", "32", "--image-size", "32", "--width", "8", "--epochs", "1", "--batch-size", "8"]
     with pytest.raises(SystemExit):  # :smoke has no pretrained predictor, and the round does not train one
         pretrain_regressor.main(argv)
-    predictor = tmp_path / "predictor.npz"   # a 32-px predictor file (untrained: the maps' quality is not tested)
+    predictor = tmp_path / "predictor.npz"   # a 32-px predictor (untrained: the maps' quality is not tested)
     smoke_iuv = experiment.loop_config(default.get_config("smoke")).iuv_net
     iuv_net.save_params(str(predictor), iuv_net.create_state(0, smoke_iuv), {"test": "untrained"})
     argv += ["--iuv-net", str(predictor)]
@@ -238,6 +238,5 @@ def test_predictor_pretraining_tool_records_its_init_file(tmp_path):
     assert stored["init_info"] == json.loads(json.dumps({k: v for k, v in first.items()}))
     assert second["flags"]["init"] == str(out) and second["flags"]["lr"] == 1e-3
     after = iuv_net.load_params(iuv_net.create_state(0, config), str(out))
-    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-             for a, b in zip(jax.tree_util.tree_leaves(after.params), jax.tree_util.tree_leaves(before.params))]
-    assert max(moved) > 0
+    leaves = zip(jax.tree_util.tree_leaves(after.params), jax.tree_util.tree_leaves(before.params))
+    assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in leaves) > 0

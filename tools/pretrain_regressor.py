@@ -19,9 +19,9 @@ The maps are those the experiment's regressor reads (``--maps predicted``, the d
 shipped part / IUV predictor (``bodyjax/assets/iuv_net_s64.npz``) run on the pool's images, or the
 rendered label maps (``--maps labels``). The shipped regressor files were made with the
 predictor's first stage (``python tools/pretrain_iuv_net.py --out FILE``, before its second stage
-from ``--init``): pass that ``FILE`` as ``--iuv-net`` to rebuild them exactly. The experiments load the file through
-``config.regressor.pretrained`` (:func:`bodyjax.regressor.load_params`: the whole network, backbone
-and head) and fine-tune it every round.
+from ``--init``): pass that ``FILE`` as ``--iuv-net`` to rebuild them exactly. The experiments load
+the file through ``config.regressor.pretrained`` (:func:`bodyjax.regressor.load_params`: the whole
+network, backbone and head) and fine-tune it every round.
 
 The run is deterministic given its flags on a given platform; the metadata stored in the file
 records the flags, the wall time and the held-out 2D keypoint error.

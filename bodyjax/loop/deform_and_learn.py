@@ -125,10 +125,10 @@ class LoopConfig:
                              "regressor.pretrained is '' (a random stem): give a pretrained network or set "
                              "--config.regressor.freeze_stem=False")
         if self.uses_maps and self.iuv_net.num_epochs == 0 and not self.iuv_net.pretrained:
-            raise ValueError("LoopConfig.iuv_net.num_epochs=0 uses the part / IUV predictor as loaded, but "
-                             "iuv_net.pretrained is '' (a random predictor would give the regressor's test maps): "
-                             "give a pretrained predictor (--config.iuv_net.pretrained=FILE) or train it "
-                             "in round 1 (--config.iuv_net.num_epochs=5)")
+            raise ValueError("LoopConfig.iuv_net.num_epochs=0 uses the part / IUV predictor as loaded, "
+                             "but iuv_net.pretrained is '' (a random predictor would give the regressor's "
+                             "test maps): give a pretrained predictor (--config.iuv_net.pretrained=FILE) "
+                             "or train it in round 1 (--config.iuv_net.num_epochs=5)")
         if self.fit_views.per_fit > 0 and not self.uses_maps:
             raise ValueError(f"LoopConfig.fit_views.per_fit={self.fit_views.per_fit}: the rendered views "
                              "are label maps, read only by the two-stage regressor (regressor.input "
