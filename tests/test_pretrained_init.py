@@ -188,7 +188,9 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
     smoke_iuv = experiment.loop_config(default.get_config("smoke")).iuv_net
     iuv_net.save_params(str(predictor), iuv_net.create_state(0, smoke_iuv), {"test": "untrained"})
     argv += ["--iuv-net", str(predictor)]
-    row = pretrain_regressor.main(argv)["round"]
+    fits_info = pretrain_regressor.main(argv)
+    row = fits_info["round"]
+    assert fits_info["predictor"]["file"] == str(predictor)   # the maps' predictor is recorded
     assert row["round"] == 1 and np.isfinite(row["registration/train_pa_mpjpe"])
     assert np.isfinite(row["regressor/test_pa_mpjpe"])
     # the file is the round's regressor (trained on the round's fits), in float16, not its start

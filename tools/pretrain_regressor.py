@@ -52,7 +52,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from bodyjax import body, iuv_net, metrics, regressor  # noqa: E402
+from bodyjax import body, iuv_net, metrics, pretrained, regressor  # noqa: E402
 from bodyjax.data import augment, pipeline, sample, synthetic, tfds_builders  # noqa: E402
 from bodyjax.data.pipeline import ArraySource  # noqa: E402
 from bodyjax.loop import epochs  # noqa: E402
@@ -167,11 +167,24 @@ def main(argv=None) -> dict:
     info = {"tool": "tools/pretrain_regressor.py", "flags": flags, "held_out_keypoint_px": curve[-1][1],
             "curve": curve, "wall_seconds": round(time.time() - t0),
             "labels": "2D only (dense correspondences, 2D keypoints; eq. 13 with the parameter term 0)"}
+    if args.maps == "predicted":
+        info["predictor"] = predictor_record(args.iuv_net)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     regressor.save_params(args.out, state, info, dtype=np.float16)
     print(f"wrote {args.out}: held-out keypoints {curve[-1][1]:.2f} px after {args.epochs} epochs "
           f"({time.time() - t0:.0f} s)")
     return info
+
+
+def predictor_record(path: str) -> dict:
+    """What the written file's maps came from: the predictor file (relative to the repository when
+    inside it) and the held-out part mIoU of its last stage and of the stage it started from."""
+    info = pretrained.read_weights(path, "--iuv-net", "part / IUV predictor")[1]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    where = os.path.abspath(path)
+    return {"file": os.path.relpath(where, repo) if where.startswith(repo + os.sep) else where,
+            "held_out_part_miou": info.get("held_out_part_miou"),
+            "init_held_out_part_miou": info.get("init_info", {}).get("held_out_part_miou")}
 
 
 def fits_config(args):
@@ -236,7 +249,7 @@ def fits_stage(args, p) -> dict:
             "stage_seconds": round(sum(v for k, v in history[-1].items() if k.startswith("time/"))),
             "labels": "2D only: round 1 of deform-and-learn on the pool (its fits of the dense points "
                       "and 2D keypoints as targets), from the 2D-pretrained --init",
-            "round": row}
+            "round": row, "predictor": predictor_record(config.iuv_net.pretrained)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     regressor.save_params(args.out, state.regressor, info, dtype=np.float16)
     print(f"wrote {args.out} (checkpoint {step} of {args.workdir}; {time.time() - t0:.0f} s)", flush=True)
