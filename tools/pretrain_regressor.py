@@ -176,13 +176,18 @@ def main(argv=None) -> dict:
     return info
 
 
-def predictor_record(path: str) -> dict:
-    """What the written file's maps came from: the predictor file (relative to the repository when
-    inside it) and the held-out part mIoU of its last stage and of the stage it started from."""
-    info = pretrained.read_weights(path, "--iuv-net", "part / IUV predictor")[1]
+def repo_relative(path: str) -> str:
+    """``path`` relative to the repository when inside it (as recorded in the files), else absolute."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     where = os.path.abspath(path)
-    return {"file": os.path.relpath(where, repo) if where.startswith(repo + os.sep) else where,
+    return os.path.relpath(where, repo) if where.startswith(repo + os.sep) else where
+
+
+def predictor_record(path: str) -> dict:
+    """What the written file's maps came from: the predictor file (:func:`repo_relative`) and the
+    held-out part mIoU of its last stage and of the stage it started from."""
+    info = pretrained.read_weights(path, "--iuv-net", "part / IUV predictor")[1]
+    return {"file": repo_relative(path),
             "held_out_part_miou": info.get("held_out_part_miou"),
             "init_held_out_part_miou": info.get("init_info", {}).get("held_out_part_miou")}
 
@@ -242,9 +247,7 @@ def fits_stage(args, p) -> dict:
     row = {k: v for k, v in history[-1].items() if not k.startswith(("time/", "dense/", "lifter/"))}
     flags = {k: v for k, v in vars(args).items() if k not in ("out", "data_dir", "iuv_net", "workdir", "maps")}
     flags["epochs"] = int(config.regressor.num_epochs)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.abspath(args.init).startswith(repo + os.sep):
-        flags["init"] = os.path.relpath(os.path.abspath(args.init), repo)
+    flags["init"] = repo_relative(args.init)
     info = {"tool": "tools/pretrain_regressor.py", "flags": flags, "wall_seconds": round(time.time() - t0),
             "stage_seconds": round(sum(v for k, v in history[-1].items() if k.startswith("time/"))),
             "labels": "2D only: round 1 of deform-and-learn on the pool (its fits of the dense points "
