@@ -223,11 +223,12 @@ def apply_variant(c, variant: str, where: str):
         c.regressor.freeze_stem = False   # fidelity first: the stem trains (~1 mm in the default's
                                           # final test PA; the budget has room for it, BENCHMARKS)
         c.regressor.pretrained = regressor.PRETRAINED_IUV_48_FITS  # EXTENSION: the 2D-pretrained
-                                          # network after deform-and-learn's round 1 on 16,000 other
+                                          # network after deform-and-learn's round 1 on 32,000 other
                                           # people (their fits as targets: no 3D label; tools/
                                           # pretrain_regressor.py --targets fits): final test PA
-                                          # 85.8 -> 82.4 mm over 3 seeds, 80.3 with the predictor's
-                                          # second stage (BENCHMARKS). The table's
+                                          # 85.8 -> 82.4 mm over 3 seeds (16,000 people), 80.3 with
+                                          # the predictor's second stage, 78.7 on its maps with
+                                          # 32,000 people (BENCHMARKS). The table's
                                           # `start PA` scores it before the run trains it
         c.regressor.learning_rate = 1e-4  # the paper's rate for fine-tuning a pretrained network: at
                                           # 1e-3 the run ended worse than the network it started from

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from bodyjax import body, iuv_net, regressor
+from bodyjax import body, iuv_net, pretrained, regressor
 from bodyjax.data import sample, synthetic
 from bodyjax.loop import deform_and_learn as dnl
 from bodyjax.loop import epochs
@@ -195,7 +195,7 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
     assert np.isfinite(row["regressor/test_pa_mpjpe"])
     # the file is the round's regressor (trained on the round's fits), in float16, not its start
     round_state, _ = pretrain_regressor.restore_round(
-        pretrain_regressor.fits_config(pretrain_regressor.parser().parse_args(argv)), str(workdir))
+        pretrain_regressor.fits_config(pretrain_regressor.parse_args(argv)), str(workdir))
     assert int(round_state.round) == 1 and int(round_state.regressor.step) > 0
     fitted = regressor.load_params(regressor.create_state(0, config), str(fits_out))
     for a, b in zip(jax.tree_util.tree_leaves((fitted.params, fitted.batch_stats)),
@@ -206,7 +206,7 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
     assert max(moved) > 1e-3
 
     # the table's start baseline is the --init network itself on the round's test maps, scored apart
-    round_config = pretrain_regressor.fits_config(pretrain_regressor.parser().parse_args(argv))
+    round_config = pretrain_regressor.fits_config(pretrain_regressor.parse_args(argv))
     template = experiment.load_template(round_config)
     data = experiment.load_data(round_config, str(workdir), template)
     test = epochs.read(data.test, np.arange(len(data.test)), ("image", "gt_joints3d"))
@@ -242,3 +242,23 @@ def test_predictor_pretraining_tool_records_its_init_file(tmp_path):
     after = iuv_net.load_params(iuv_net.create_state(0, config), str(out))
     leaves = zip(jax.tree_util.tree_leaves(after.params), jax.tree_util.tree_leaves(before.params))
     assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in leaves) > 0
+
+
+@pytest.mark.parametrize("targets, shipped", [("2d", regressor.PRETRAINED_IUV_48),
+                                              ("fits", regressor.PRETRAINED_IUV_48_FITS)])
+def test_pretraining_tool_defaults_are_the_shipped_files_flags(targets, shipped):
+    """tools/pretrain_regressor.py with only ``--targets`` (and the fits stage's required
+    ``--workdir``) is the command that made the shipped file: every flag the file records, except
+    where the output and the work directory go, is the tool's default."""
+    import sys  # noqa: PLC0415
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
+    import pretrain_regressor  # noqa: PLC0415
+
+    recorded = pretrained.read_weights(shipped, "shipped", "regressor")[1]["flags"]
+    argv = ["--targets", targets] + (["--workdir", "unused"] if targets == "fits" else [])
+    args = vars(pretrain_regressor.parse_args(argv))
+    args["init"] = pretrain_regressor.repo_relative(args["init"])
+    assert recorded.get("targets", "2d") == targets
+    differing = {k: (v, args.get(k)) for k, v in recorded.items() if args.get(k, "2d") != v}
+    assert not differing, f"recorded flag: (shipped, tool default) = {differing}"

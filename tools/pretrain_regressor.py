@@ -17,9 +17,11 @@ left to the experiment's fits.
 
 The maps are those the experiment's regressor reads (``--maps predicted``, the default): the
 shipped part / IUV predictor (``bodyjax/assets/iuv_net_s64.npz``) run on the pool's images, or the
-rendered label maps (``--maps labels``). The shipped regressor files were made with the
-predictor's first stage (``python tools/pretrain_iuv_net.py --out FILE``, before its second stage
-from ``--init``): pass that ``FILE`` as ``--iuv-net`` to rebuild them exactly. The experiments load
+rendered label maps (``--maps labels``). The shipped 2D file was made with the predictor's first
+stage (``python tools/pretrain_iuv_net.py --out FILE``, before its second stage from ``--init``):
+pass that ``FILE`` as ``--iuv-net`` to rebuild it exactly; the fits file, with the shipped predictor.
+The flags' defaults (:data:`DEFAULTS` for those that depend on ``--targets``) are the shipped
+files' (their metadata records them). The experiments load
 the file through ``config.regressor.pretrained`` (:func:`bodyjax.regressor.load_params`: the whole
 network, backbone and head) and fine-tune it every round.
 
@@ -57,6 +59,10 @@ from bodyjax.data import augment, pipeline, sample, synthetic, tfds_builders  # 
 from bodyjax.data.pipeline import ArraySource  # noqa: E402
 from bodyjax.loop import epochs  # noqa: E402
 
+#: The defaults of the flags that depend on ``--targets``: those of the shipped files
+#: (``regressor_iuv_s48.npz``, ``regressor_iuv_s48_fits.npz``; their metadata records them).
+DEFAULTS = {"2d": {"images": 16000, "epochs": 10}, "fits": {"images": 32000, "epochs": 8}}
+
 #: The fields of the sample record the 2D pretraining reads.
 FIELDS = ("image", "iuv", "dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible")
 
@@ -85,7 +91,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=regressor.PRETRAINED_IUV_48)
     p.add_argument("--data-dir", default=os.path.expanduser("~/.cache/bodyjax/data"))
     p.add_argument("--seed", type=int, default=7919, help="synthetic pool seed (not an experiment's)")
-    p.add_argument("--images", type=int, default=16000)
+    p.add_argument("--images", type=int, default=None,
+                   help=f"pool images: default {DEFAULTS['2d']['images']} (--targets 2d), "
+                        f"{DEFAULTS['fits']['images']} (--targets fits)")
     p.add_argument("--held-out", type=int, default=300)
     p.add_argument("--data-size", type=int, default=64, help="pool image size, px (the maps are resampled)")
     p.add_argument("--maps", default="predicted", choices=("predicted", "labels"))
@@ -96,7 +104,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=18)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--epochs", type=int, default=None,
-                   help="default: 8 (--targets 2d), configs/default.py's per-round epochs (--targets fits)")
+                   help=f"default: {DEFAULTS['2d']['epochs']} (--targets 2d), {DEFAULTS['fits']['epochs']} "
+                        f"(--targets fits)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-final-fraction", type=float, default=0.05)
@@ -109,13 +118,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv=None, p=None) -> argparse.Namespace:
+    """The command line with the defaults of ``--targets`` filled in (:data:`DEFAULTS`): those that
+    rebuild the shipped file of each stage."""
+    args = (p or parser()).parse_args(argv)
+    for name, value in DEFAULTS[args.targets].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.targets == "2d" and args.iuv_net is None:
+        args.iuv_net = iuv_net.PRETRAINED_64
+    return args
+
+
 def main(argv=None) -> dict:
     p = parser()
-    args = p.parse_args(argv)
+    args = parse_args(argv, p)
     if args.targets == "fits":
         return fits_stage(args, p)
-    args.epochs = 8 if args.epochs is None else args.epochs
-    args.iuv_net = iuv_net.PRETRAINED_64 if args.iuv_net is None else args.iuv_net
 
     t0 = time.time()
     template = body.default_template()
@@ -208,8 +227,7 @@ def fits_config(args):
     config.regressor.update(pretrained=args.init, depth=args.depth, width=args.width,
                             image_size=args.image_size, learning_rate=args.lr, batch_size=args.batch_size,
                             lr_final_fraction=args.lr_final_fraction)
-    if args.epochs is not None:
-        config.regressor.num_epochs = args.epochs
+    config.regressor.num_epochs = args.epochs
     return config
 
 

@@ -541,7 +541,7 @@ def load_params(state: RegressorState, path: str, field: str = "path") -> Regres
 #: ResNet18 at width 32; ``tools/pretrain_regressor.py`` rebuilds it).
 PRETRAINED_IUV_48 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                  "regressor_iuv_s48.npz")
-#: :data:`PRETRAINED_IUV_48` after deform-and-learn's round 1 on 16,000 people of the same seed (their
+#: :data:`PRETRAINED_IUV_48` after deform-and-learn's round 1 on 32,000 people of the same seed (their
 #: fits to the dense points and 2D keypoints as targets: still no 3D label; the ``:bench`` start;
 #: ``tools/pretrain_regressor.py --targets fits`` rebuilds it).
 PRETRAINED_IUV_48_FITS = os.path.join(os.path.dirname(PRETRAINED_IUV_48), "regressor_iuv_s48_fits.npz")
