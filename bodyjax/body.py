@@ -408,6 +408,38 @@ def depth(points: Array, scale: Array) -> Array:
     return points[..., 2] * scale[..., None]
 
 
+#: A part's chart flips as ``U -> 1 - U`` when at least this share of its vertices has its mirror
+#: vertex in the mirrored part at ``(1 - u, v)`` (within :data:`CHART_TOLERANCE`).
+CHART_MIRROR_SHARE = 0.95
+CHART_TOLERANCE = 0.01
+
+
+def chart_mirror(template) -> np.ndarray:
+    """``(P + 1,)`` bool: whether part ``p``'s chart flips as ``U -> 1 - U`` under the left/right mirror.
+
+    Part ``p`` qualifies when at least :data:`CHART_MIRROR_SHARE` of its vertices ``i`` have their
+    mirror vertex ``j = symmetry[i]`` in part ``part_mirror[p]`` with ``uv[j]`` within
+    :data:`CHART_TOLERANCE` of ``(1 - u_i, v_i)``. Index 0 (background) is ``False``.
+
+    Args:
+      template: a :class:`~bodyjax.body.BodyTemplate` (``uv``, ``part_ids``, ``symmetry``,
+        ``part_mirror``).
+    """
+    uv = np.asarray(template.uv, np.float64)
+    part = np.asarray(template.part_ids, np.int64)
+    sym = np.asarray(template.symmetry, np.int64)
+    part_mirror = np.asarray(template.part_mirror, np.int64)
+    ok = ((part[sym] == part_mirror[part])
+          & (np.abs(uv[sym, 0] - (1.0 - uv[:, 0])) <= CHART_TOLERANCE)
+          & (np.abs(uv[sym, 1] - uv[:, 1]) <= CHART_TOLERANCE))
+    counts = np.bincount(part, minlength=len(part_mirror)).astype(np.float64)
+    share = np.bincount(part, weights=ok.astype(np.float64), minlength=len(part_mirror)) / np.maximum(counts, 1)
+    out = (share >= CHART_MIRROR_SHARE) & (counts > 0)
+    out &= out[part_mirror]  # both charts of a pair, so that flipping twice gives the map back
+    out[0] = False
+    return out
+
+
 def segment_adjacency(template: BodyTemplate) -> np.ndarray:
     """``(E, 2)`` pairs of adjacent segments (each joint with its parent) for eq. (10)."""
     return np.asarray([(j, p) for j, p in enumerate(template.parents) if p >= 0], np.int32)

@@ -127,6 +127,11 @@ def get_config(variant: str = ""):
                                           # alone (dense points, keypoints; tools/pretrain_regressor.py),
                                           # for this network (ResNet18, width 32, IUV at 48 px); '' =
                                           # from scratch; or torchvision-layout ResNet weights
+    c.regressor.test_flip = False         # EXTENSION: flip test-time averaging: every prediction (the
+                                          # test split's, the later rounds' fit starts, the pictures) is
+                                          # the mean of the one on the map and, mirrored back, the one on
+                                          # its mirror image (2x the prediction's compute; training is
+                                          # unchanged; bodyjax.regressor.mirror)
     c.regressor.freeze_stem = True        # EXTENSION: the pretrained stem (first convolution and
                                           # BatchNorm) not trained: its backward pass is ~43 % of the
                                           # network's step at 48 px on a CPU; the regressor stage 1.5x
@@ -222,7 +227,7 @@ def apply_variant(c, variant: str, where: str):
         c.data.test_size = 300
         c.regressor.freeze_stem = False   # fidelity first: the stem trains (~1 mm in the default's
                                           # final test PA; the budget has room for it, BENCHMARKS)
-        c.regressor.pretrained = regressor.PRETRAINED_IUV_48_FITS  # EXTENSION: the 2D-pretrained
+        c.regressor.pretrained = regressor.PRETRAINED_IUV_64_FITS  # EXTENSION: the 2D-pretrained
                                           # network after deform-and-learn's round 1 on 32,000 other
                                           # people (their fits as targets: no 3D label; tools/
                                           # pretrain_regressor.py --targets fits): final test PA
@@ -230,6 +235,10 @@ def apply_variant(c, variant: str, where: str):
                                           # the predictor's second stage, 78.7 on its maps with
                                           # 32,000 people (BENCHMARKS). The table's
                                           # `start PA` scores it before the run trains it
+        c.regressor.image_size = 64       # the file's input: the maps at their own 64 px (BENCHMARKS:
+                                          # 1.0 mm of the file's test PA over 48 px)
+        c.regressor.test_flip = True      # EXTENSION (BENCHMARKS; the table's `1-view PA` column
+                                          # is the prediction without it)
         c.regressor.learning_rate = 1e-4  # the paper's rate for fine-tuning a pretrained network: at
                                           # 1e-3 the run ended worse than the network it started from
     else:

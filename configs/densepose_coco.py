@@ -22,7 +22,7 @@ def get_config(variant: str = ""):
     c.augment.flip_prob = 0.5             # real images: left/right flips with the label swap
     c.augment.map_flip_prob = 0.5         # and the two-stage regressor's maps (regressor.input='iuv'):
                                           # parts swapped; U, V kept only where the charts mirror
-                                          # as 1 - U (not DensePose's on SMPL: transforms.chart_mirror)
+                                          # as 1 - U (not DensePose's on SMPL: body.chart_mirror)
     if variant:
         default.apply_variant(c, variant, "configs/densepose_coco.py")
     return c

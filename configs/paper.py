@@ -43,6 +43,7 @@ def get_config(variant: str = ""):
     c.iuv_net.image_size = 224
     c.regressor.pretrained = ""           # the paper: ImageNet weights (give a torchvision ResNet50 file)
     c.regressor.freeze_stem = False       # the paper fine-tunes the whole network
+    c.regressor.test_flip = False         # one prediction per image
     c.iuv_net.pretrained = ""             # (the two-stage regressor is off here; when turned on, its
     c.iuv_net.num_epochs = 5              # predictor trains in round 1 on the run's dense labels)
     if variant:

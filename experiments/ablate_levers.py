@@ -59,7 +59,7 @@ LEVERS = {
     "no_pretrained_regressor": {"regressor.pretrained": "", "regressor.freeze_stem": False},
     # the regressor from the shipped file pretrained on the fits of deform-and-learn's round 1 on other
     # people (tools/pretrain_regressor.py --targets fits) instead of the 2D-pretrained one
-    "fits_pretrained": {"regressor.pretrained": regressor.PRETRAINED_IUV_48_FITS},
+    "fits_pretrained": {"regressor.pretrained": regressor.PRETRAINED_IUV_64_FITS, "regressor.image_size": 64},
     # the part / IUV predictor fine-tuned in round 1 on the run's dense labels (the default: as shipped)
     "finetune_predictor": {"iuv_net.num_epochs": 5},
     "ief_head": {"regressor.head": "ief"},
@@ -91,7 +91,8 @@ LEVERS = {
 }
 
 KEYS = (("registration/train_pa_mpjpe", "reg PA"), ("regressor/test_pa_mpjpe", "test PA"),
-        ("regressor/test_mpjpe", "test MPJPE"), ("regressor/test_oracle_pa_mpjpe", "oracle PA"),
+        ("regressor/test_mpjpe", "test MPJPE"), ("regressor/test_one_view_pa_mpjpe", "1-view PA"),
+        ("regressor/test_oracle_pa_mpjpe", "oracle PA"),
         ("baseline/mean_fit_pa_mpjpe", "mean-fit PA"), ("lifter/test_pa_mpjpe", "lifter PA"),
         ("dense/test_part_miou", "part mIoU"))
 

@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 #: The loop's options the reference run turns on, so that the resume tests cover their state.
-OPTIONS = {"loop.keep_best_fits": True, "fit_views.per_fit": 1.0}
+OPTIONS = {"loop.keep_best_fits": True, "fit_views.per_fit": 1.0, "regressor.test_flip": True}
 
 
 def smoke_config(root, **overrides):
@@ -50,8 +50,8 @@ def comparable(history):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One uninterrupted run of the smoke configuration with the fits dictionary and the rendered
-    views of the fits (options off in the default; shared)."""
+    """One uninterrupted run of the smoke configuration with the fits dictionary, the rendered
+    views of the fits and flip test-time averaging (options off in the default; shared)."""
     from compilations import recorded
 
     root = tmp_path_factory.mktemp("dnl")
@@ -72,7 +72,7 @@ def test_runs_all_rounds_and_reports(reference):
     assert [h["round"] for h in history] == [1, 2]
     for key in ("registration/train_mpjpe", "regressor/test_pa_mpjpe", "lifter/test_pa_mpjpe",
                 "registration/flagged_fraction", "baseline/mean_fit_pa_mpjpe",
-                "baseline/flat_lifter_pa_mpjpe", "registration/replaced"):
+                "baseline/flat_lifter_pa_mpjpe", "registration/replaced", "regressor/test_one_view_pa_mpjpe"):
         assert all(key in h for h in history), key
     assert comparable(read_metrics(str(root / "reference"))) == comparable(history)
     assert os.listdir(os.path.join(root, "reference", "tensorboard"))
@@ -155,7 +155,8 @@ def test_sigkill_mid_stage_then_resume(reference):
     workdir = str(root / "sigkill")
     cmd = [sys.executable, "-m", "experiments.deform_and_learn", "--config", "configs/default.py:smoke",
            "--config.data.train_size=8", "--config.data.test_size=4", "--config.loop.registration_chunk=8",
-           "--config.loop.keep_best_fits=True", "--config.fit_views.per_fit=1", f"--config.data.data_dir={root / 'data'}",
+           "--config.loop.keep_best_fits=True", "--config.fit_views.per_fit=1", "--config.regressor.test_flip=True",
+           f"--config.data.data_dir={root / 'data'}",
            f"--config.compilation_cache={root / 'jax_cache'}", f"--workdir={workdir}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "BODYJAX_NO_COMPILATION_CACHE": "0"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -206,7 +207,8 @@ def test_config_blocks_map_straight_onto_the_dataclasses():
     bench = experiment.loop_config(default.get_config("bench")).regressor
     assert not bench.freeze_stem
     # :bench starts from the network pretrained on other people's fits, at the paper's fine-tuning rate
-    assert bench.pretrained == regressor.PRETRAINED_IUV_48_FITS and bench.learning_rate == 1e-4
+    assert bench.pretrained == regressor.PRETRAINED_IUV_64_FITS and bench.learning_rate == 1e-4
+    assert bench.image_size == 64 and bench.test_flip and not loop.regressor.test_flip
     assert loop.regressor.pretrained == regressor.PRETRAINED_IUV_48 and loop.regressor.learning_rate == 1e-3
     # both read the shipped part predictor's maps as they are (no fine-tuning in round 1) ...
     bench_iuv = experiment.loop_config(default.get_config("bench")).iuv_net
@@ -252,6 +254,7 @@ def test_paper_config_keeps_the_papers_registration_and_regressor():
     assert loop.regressor.input == "rgb" and not loop.keep_best_fits
     assert not loop.regressor.freeze_stem and loop.augment.for_maps().flip_prob == 0.0
     assert loop.regressor.pretrained == "" and loop.regressor.head == "linear" and not loop.regressor.coords
+    assert not loop.regressor.test_flip
 
 
 class _CountingSource:

@@ -205,6 +205,28 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
              for a, c in zip(jax.tree_util.tree_leaves(fitted.params), jax.tree_util.tree_leaves(state.params))]
     assert max(moved) > 1e-3
 
+    # --fits-from: the same round on the first one's fits re-runs only the regressor stage and the
+    # evaluation, and writes the same file to the bit (round 1's fits and lifter do not read the regressor)
+    again, rewound = tmp_path / "again.npz", tmp_path / "again"
+    argv2 = [str(again) if a == str(fits_out) else str(rewound) if a == str(workdir) else a for a in argv]
+    info2 = pretrain_regressor.main(argv2 + ["--fits-from", str(workdir)])
+    assert info2["fits_from"] == str(workdir) and "fits_from" not in info2["flags"]
+    assert info2["flags"] == fits_info["flags"]
+    with np.load(fits_out) as a, np.load(again) as b:
+        assert set(a.files) == set(b.files)
+        for k in a.files:
+            if k != "__info__":
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for k in ("registration/train_pa_mpjpe", "regressor/test_pa_mpjpe", "baseline/mean_fit_pa_mpjpe"):
+        assert info2["round"][k] == row[k], k
+    assert "time/registration_s" in json.load(open(rewound / "metrics.json"))[-1]
+    with pytest.raises(ValueError, match="another seed"):
+        pretrain_regressor.main([a if a != str(rewound) else str(tmp_path / "x") for a in argv2]
+                                + ["--fits-from", str(workdir), "--seed", "11"])
+    with pytest.raises(ValueError, match="no checkpoints"):
+        pretrain_regressor.main([a if a != str(rewound) else str(tmp_path / "y") for a in argv2]
+                                + ["--fits-from", str(tmp_path / "data")])
+
     # the table's start baseline is the --init network itself on the round's test maps, scored apart
     round_config = pretrain_regressor.fits_config(pretrain_regressor.parse_args(argv))
     template = experiment.load_template(round_config)
@@ -245,7 +267,7 @@ def test_predictor_pretraining_tool_records_its_init_file(tmp_path):
 
 
 @pytest.mark.parametrize("targets, shipped", [("2d", regressor.PRETRAINED_IUV_48),
-                                              ("fits", regressor.PRETRAINED_IUV_48_FITS)])
+                                              ("fits", regressor.PRETRAINED_IUV_64_FITS)])
 def test_pretraining_tool_defaults_are_the_shipped_files_flags(targets, shipped):
     """tools/pretrain_regressor.py with only ``--targets`` (and the fits stage's required
     ``--workdir``) is the command that made the shipped file: every flag the file records, except

@@ -974,3 +974,103 @@ def test_whole_network_weights_round_trip_and_refuse_another_network(template, f
         regressor.load_params(trained, str(tmp_path / "nowhere.npz"), "x")
     np.savez(tmp_path / "torchvision.npz", **{"conv1.weight": np.zeros((8, 3, 7, 7), np.float32)})
     assert not regressor.is_params_file(str(tmp_path / "torchvision.npz"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Flip test-time averaging (bodyjax.regressor.mirror)
+
+
+def test_mirror_maps_match_the_data_flip(template):
+    """The jitted map mirror equals the NumPy flip of the training augmentation, pixel for pixel."""
+    from bodyjax.data import transforms  # noqa: PLC0415
+
+    maps = _label_maps(np.random.default_rng(5), 3, 12)
+    charts = body.chart_mirror(template)
+    got = np.asarray(jax.jit(regressor.mirror_maps)(maps, template.part_mirror, charts))
+    for m, g in zip(maps, got):
+        record = {"iuv": m, "dense_mask": np.zeros(1), "dense_xy": np.zeros((1, 2)),
+                  "dense_vertex": np.zeros(1, np.int32), "keypoints": np.zeros((24, 2)),
+                  "keypoint_visible": np.zeros(24)}
+        np.testing.assert_array_equal(g, transforms.flip_horizontal(record, template)["iuv"])
+
+
+def test_mirror_params_mirror_the_body(template):
+    """The body of the mirrored parameters is the mirror image of the body: vertices ``(M v)`` of the
+    symmetric vertex and image points at ``W - 1 - x`` (float32; the template is symmetric to 1e-5 m)."""
+    size = 40
+    pix = _random_params(np.random.default_rng(2), 4, size)
+    pn = camera.normalize_params(pix, (size, size))
+    back = camera.denormalize_params(regressor.mirror_params(pn, template.joint_mirror), (size, size))
+    a, b = body.forward(template, pix), body.forward(template, back)
+    sym = np.asarray(template.symmetry)
+    np.testing.assert_allclose(np.asarray(b.vertices), (np.asarray(a.vertices) * [-1, 1, 1])[:, sym], atol=2e-4)
+    np.testing.assert_allclose(np.asarray(b.vertices2d), np.stack(
+        [size - 1 - np.asarray(a.vertices2d)[..., 0], np.asarray(a.vertices2d)[..., 1]], -1)[:, sym], atol=2e-3)
+    twice = regressor.mirror_params(regressor.mirror_params(pn, template.joint_mirror), template.joint_mirror)
+    for x, y in zip(jax.tree_util.tree_leaves(twice), jax.tree_util.tree_leaves(pn)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+def test_average_params_rotations_are_the_slerp_midpoint():
+    """Against SciPy's Slerp at t = 1/2 (float64) for each joint and the global rotation."""
+    from scipy.spatial.transform import Rotation, Slerp  # noqa: PLC0415
+
+    rng = np.random.default_rng(7)
+    m = 5
+    def params(seed):  # noqa: E306
+        r = np.random.default_rng(seed)
+        return body.BodyParams(
+            pose=r.normal(0, 1.2, (m, 24, 3)).astype(np.float32),
+            segment_scales=r.uniform(0.8, 1.2, (m, 24)).astype(np.float32),
+            rotation=Rotation.random(m, random_state=seed).as_matrix().astype(np.float32),
+            scale=r.uniform(0.5, 2.0, m).astype(np.float32),
+            translation=r.normal(0, 1, (m, 2)).astype(np.float32))
+    a, b = params(int(rng.integers(1000))), params(int(rng.integers(1000)))
+    avg = regressor.average_params(a, b)
+    for got, ra, rb in ((Rotation.from_rotvec(np.asarray(avg.pose, np.float64).reshape(-1, 3)).as_matrix(),
+                         Rotation.from_rotvec(a.pose.reshape(-1, 3)), Rotation.from_rotvec(b.pose.reshape(-1, 3))),
+                        (np.asarray(avg.rotation), Rotation.from_matrix(a.rotation), Rotation.from_matrix(b.rotation))):
+        want = np.stack([Slerp([0, 1], Rotation.concatenate([ra[i], rb[i]]))(0.5).as_matrix() for i in range(len(ra))])
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_allclose(avg.segment_scales, np.sqrt(a.segment_scales * b.segment_scales), rtol=1e-6)
+    np.testing.assert_allclose(avg.scale, np.sqrt(a.scale * b.scale), rtol=1e-6)
+    np.testing.assert_allclose(avg.translation, (a.translation + b.translation) / 2, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["iuv", "rgb"])
+def test_flip_averaged_prediction_is_mirror_equivariant(template, kind):
+    """With ``flip`` the prediction on a mirrored input is the mirror of the prediction on the input
+    (joints ``(M J)[joint_mirror]``, image points at ``W - 1 - x``); the plain network is not, so the
+    test can fail."""
+    cfg = TINY_IUV if kind == "iuv" else TINY
+    state = _perturbed(regressor.create_state(0, cfg), seed=11)
+    rng = np.random.default_rng(4)
+    size = cfg.image_size
+    if kind == "iuv":
+        x = _label_maps(rng, 4, size)
+        charts = body.chart_mirror(template)
+        # U, V off the mirroring charts unlabelled already (as the network reads them: no information),
+        # so that mirroring is an involution
+        part = x[..., 0].astype(np.int64)
+        x[(part >= 25) | ~charts[np.minimum(part, 24)], 1:] = 255
+        mirrored = np.asarray(regressor.mirror_maps(x, template.part_mirror, charts))
+        np.testing.assert_array_equal(np.asarray(regressor.mirror_maps(mirrored, template.part_mirror, charts)), x)
+        kw = lambda v: {"iuv": v}  # noqa: E731
+    else:
+        x = rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+        mirrored = np.asarray(regressor.mirror_images(x))
+        kw = lambda v: {"images": v}  # noqa: E731
+    jm = np.asarray(template.joint_mirror)
+
+    def mirror_error(flip):
+        p = regressor.predict(state, template, **kw(x), flip=flip, with_vertices=False)
+        q = regressor.predict(state, template, **kw(mirrored), flip=flip, with_vertices=False)
+        joints = np.abs(np.asarray(q.joints) - (np.asarray(p.joints) * [-1, 1, 1])[:, jm]).max()
+        return joints, p
+
+    err, p = mirror_error(True)
+    assert err < 1e-4, err
+    assert mirror_error(False)[0] > 100 * max(err, 1e-6)
+    on = regressor.predict(state.replace(config=dataclasses.replace(cfg, test_flip=True)), template, **kw(x),
+                           with_vertices=False)
+    np.testing.assert_array_equal(on.joints, p.joints)  # the config's default is the same averaging

@@ -2,7 +2,9 @@
 
     python tools/pretrain_regressor.py                   # rebuilds bodyjax/assets/regressor_iuv_s48.npz
     python tools/pretrain_regressor.py --epochs 1 --images 2000 --out /tmp/reg.npz   # a quick one
-    python tools/pretrain_regressor.py --targets fits --workdir DIR --out FILE   # the fits' stage (below)
+    python tools/pretrain_regressor.py --targets fits --workdir DIR   # rebuilds regressor_iuv_s64_fits.npz
+    python tools/pretrain_regressor.py --targets fits --workdir DIR2 --fits-from DIR --out FILE
+                                                         # the same round's regressor stage again, on DIR's fits
 
 EXTENSION (the paper fine-tunes an ImageNet-pretrained ResNet50, which cannot be downloaded here).
 The regressor of the CPU default reads IUV maps (:mod:`bodyjax.regressor.network`); before an
@@ -38,7 +40,9 @@ on those fits with the experiment's own eq. 13 (and its 3D joint term, from the 
 come from the 2D labels, the body model and its priors alone; the pool's ground truth is read only
 for the run's own evaluation table (on its held-out split), as in every experiment. The work
 directory holds the run's checkpoints (rerun the command to resume it) and its ``metrics.json``;
-the file's metadata records the run's table row.
+the file's metadata records the run's table row. ``--fits-from DIR`` reuses the fits of a finished
+round with the same pool (:func:`start_from_fits`): only the regressor stage and the evaluation run,
+and with the same flags the file is the one the whole round writes, to the bit (a test checks it).
 """
 from __future__ import annotations
 
@@ -61,7 +65,8 @@ from bodyjax.loop import epochs  # noqa: E402
 
 #: The defaults of the flags that depend on ``--targets``: those of the shipped files
 #: (``regressor_iuv_s48.npz``, ``regressor_iuv_s48_fits.npz``; their metadata records them).
-DEFAULTS = {"2d": {"images": 16000, "epochs": 10}, "fits": {"images": 32000, "epochs": 8}}
+DEFAULTS = {"2d": {"images": 16000, "epochs": 10, "image_size": 48, "out": regressor.PRETRAINED_IUV_48},
+            "fits": {"images": 32000, "epochs": 8, "image_size": 64, "out": regressor.PRETRAINED_IUV_64_FITS}}
 
 #: The fields of the sample record the 2D pretraining reads.
 FIELDS = ("image", "iuv", "dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible")
@@ -88,7 +93,7 @@ def with_rest_targets(records: dict, template) -> dict:
 def parser() -> argparse.ArgumentParser:
     """The tool's command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=regressor.PRETRAINED_IUV_48)
+    p.add_argument("--out", default=None, help="the written file: default the shipped file of --targets")
     p.add_argument("--data-dir", default=os.path.expanduser("~/.cache/bodyjax/data"))
     p.add_argument("--seed", type=int, default=7919, help="synthetic pool seed (not an experiment's)")
     p.add_argument("--images", type=int, default=None,
@@ -100,7 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--iuv-net", default=None,
                    help="the part / IUV predictor of --maps predicted (default: the shipped one) and of "
                         "--targets fits' round (default: the variant's)")
-    p.add_argument("--image-size", type=int, default=48, help="the network's input, px")
+    p.add_argument("--image-size", type=int, default=None,
+                   help=f"the network's input, px: default {DEFAULTS['2d']['image_size']} (--targets 2d), "
+                        f"{DEFAULTS['fits']['image_size']} (--targets fits)")
     p.add_argument("--depth", type=int, default=18)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--epochs", type=int, default=None,
@@ -113,6 +120,9 @@ def parser() -> argparse.ArgumentParser:
                    help="2d: the 2D labels alone; fits: deform-and-learn's round 1 on the pool, from --init")
     p.add_argument("--init", default=regressor.PRETRAINED_IUV_48, help="--targets fits: the starting network")
     p.add_argument("--workdir", default="", help="--targets fits: the round's work directory (required)")
+    p.add_argument("--fits-from", default="",
+                   help="--targets fits: the work directory of a finished round with the same pool flags "
+                        "whose fits this round reuses (it re-runs only the regressor stage and the evaluation)")
     p.add_argument("--variant", default="bench", help="--targets fits: the variant of configs/default.py "
                    "whose settings the round takes (smoke: a quick check)")
     return p
@@ -245,6 +255,52 @@ def restore_round(config, workdir: str):
         mgr.close()
 
 
+def start_from_fits(config, source: str, workdir: str) -> None:
+    """Starts ``workdir``'s round at its regressor stage, with the fits of ``source``'s finished round.
+
+    Round 1's fits start from the T-pose and its lifter from the 2D corpus: neither reads the
+    regressor, so a finished round of the same pool (``--seed``, ``--images``, ``--held-out``,
+    ``--data-size``, predictor) holds the fits, the lifter and the maps this round would compute.
+    Its newest checkpoint is rewound to the state after the registration (round 1, stage
+    ``regressor``, the regressor as ``--init`` loads it) and saved as ``workdir``'s checkpoint with
+    its ``metrics.json``; :func:`~bodyjax.loop.experiment.train_and_evaluate` then resumes there, so
+    the written file is the one the whole round would write. A ``workdir`` with checkpoints of its
+    own is left as it is (the command resumes it).
+
+    Raises:
+      ValueError: ``source`` holds no finished round 1 of this pool's seed.
+    """
+    import shutil  # noqa: PLC0415
+
+    from bodyjax.loop import checkpoints, experiment  # noqa: PLC0415
+    from bodyjax.loop import deform_and_learn as dnl  # noqa: PLC0415
+
+    mgr = checkpoints.manager(workdir)
+    try:
+        if mgr.latest_step() is not None:
+            return
+        if not os.path.isdir(os.path.join(source, "checkpoints")):
+            raise ValueError(f"--fits-from: no checkpoints in {source!r}")
+        state, step = restore_round(config, source)
+        fresh = dnl.init_state(config.seed, experiment.load_template(config), config.data.train_size,
+                               experiment.loop_config(config))
+        if step is None or int(state.round) != 1 or int(state.stage) != 0:
+            raise ValueError(f"--fits-from: {source!r} holds no finished round 1 (its newest checkpoint: "
+                             f"{step}, round {int(state.round) + 1}, stage {int(state.stage)})")
+        if not np.array_equal(np.asarray(state.rng), np.asarray(fresh.rng)):
+            raise ValueError(f"--fits-from: {source!r} is a round of another seed than --seed {config.seed}")
+        state = state.replace(round=jnp.asarray(0, jnp.int32),
+                              stage=jnp.asarray(dnl.STAGES.index("regressor"), jnp.int32),
+                              regressor=dnl.pretrained_regressor(experiment.loop_config(config)))
+        if os.path.exists(os.path.join(source, "metrics.json")):  # the table's row, before the checkpoint
+            shutil.copyfile(os.path.join(source, "metrics.json"), os.path.join(workdir, "metrics.json"))
+        # the step train_and_evaluate gives the end of round 1's registration
+        checkpoints.save(mgr, dnl.STAGES.index("registration") + 1, state)
+    finally:
+        mgr.close()
+    print(f"--fits-from: round 1 resumes at its regressor stage with the fits of {source}", flush=True)
+
+
 def fits_stage(args, p) -> dict:
     """``--targets fits``: deform-and-learn's round 1 on the pool, from ``--init``; writes ``--out``."""
     if not args.workdir:
@@ -260,10 +316,13 @@ def fits_stage(args, p) -> dict:
     if not config.iuv_net.pretrained:
         p.error(f"--targets fits reads the part / IUV predictor's maps as loaded, and --variant "
                 f"{args.variant!r} has none (iuv_net.pretrained ''): give --iuv-net FILE")
+    if args.fits_from:
+        start_from_fits(config, args.fits_from, args.workdir)
     history = experiment.train_and_evaluate(config, args.workdir)
     state, step = restore_round(config, args.workdir)
     row = {k: v for k, v in history[-1].items() if not k.startswith(("time/", "dense/", "lifter/"))}
-    flags = {k: v for k, v in vars(args).items() if k not in ("out", "data_dir", "iuv_net", "workdir", "maps")}
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("out", "data_dir", "iuv_net", "workdir", "maps", "fits_from")}
     flags["epochs"] = int(config.regressor.num_epochs)
     flags["init"] = repo_relative(args.init)
     info = {"tool": "tools/pretrain_regressor.py", "flags": flags, "wall_seconds": round(time.time() - t0),
@@ -271,6 +330,8 @@ def fits_stage(args, p) -> dict:
             "labels": "2D only: round 1 of deform-and-learn on the pool (its fits of the dense points "
                       "and 2D keypoints as targets), from the 2D-pretrained --init",
             "round": row, "predictor": predictor_record(config.iuv_net.pretrained)}
+    if args.fits_from:
+        info["fits_from"] = os.path.abspath(args.fits_from)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     regressor.save_params(args.out, state.regressor, info, dtype=np.float16)
     print(f"wrote {args.out} (checkpoint {step} of {args.workdir}; {time.time() - t0:.0f} s)", flush=True)

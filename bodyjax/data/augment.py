@@ -35,6 +35,7 @@ from typing import Mapping, NamedTuple, Optional
 import grain.python as grain
 import numpy as np
 
+from bodyjax import body
 from bodyjax.data import transforms
 
 
@@ -88,7 +89,7 @@ class MirrorTables(NamedTuple):
       joint_mirror: ``(24,)`` joint permutation.
       part_mirror: ``(25,)`` part permutation (0 = background).
       chart_mirror: ``(25,)`` bool, the parts whose chart coordinate U flips as ``1 - U``
-        (:func:`bodyjax.data.transforms.chart_mirror`).
+        (:func:`bodyjax.body.chart_mirror`).
     """
 
     symmetry: np.ndarray
@@ -100,7 +101,7 @@ class MirrorTables(NamedTuple):
     def of(cls, template) -> "MirrorTables":
         """The tables of a :class:`~bodyjax.body.BodyTemplate`."""
         return cls(np.asarray(template.symmetry), np.asarray(template.joint_mirror),
-                   np.asarray(template.part_mirror), transforms.chart_mirror(template))
+                   np.asarray(template.part_mirror), body.chart_mirror(template))
 
 
 def random_affine(image_hw: tuple[int, int], out_size, rng: Optional[np.random.Generator],

@@ -35,7 +35,7 @@ set's ``flip_permutation`` (COCO-17: left_* <-> right_*). Samples with ``has_gt 
 
 An ``iuv`` label map flips with its part labels through ``template.part_mirror``; its chart
 coordinates flip as ``U -> 1 - U`` (``V`` unchanged) on the parts whose charts the body's mirror
-maps that way (:func:`chart_mirror`: the embedded body's charts are mirror-symmetric, so there the
+maps that way (:func:`bodyjax.body.chart_mirror`: the embedded body's charts are mirror-symmetric, so there the
 flipped map is the map of the mirrored body), and become unlabelled on the other parts (DensePose's
 charts on SMPL mirror through a per-part lookup table, its ``UV_symmetry_transforms.mat``, which the
 project does not read).
@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from bodyjax import skeletons
+from bodyjax.body import chart_mirror
 from bodyjax.data.sample import UNLABELLED, UV_SCALE
 
 SizeLike = Union[int, Sequence[int]]
@@ -253,38 +254,6 @@ def flip_gt(pose, segment_scales, rotation, translation, joints3d, joint_mirror,
     translation = np.array([width - 1 - t[0], t[1]])
     joints3d = (np.asarray(joints3d, np.float64) * _MIRROR)[jm]
     return pose, segment_scales, rotation, translation, joints3d
-
-
-#: A part's chart flips as ``U -> 1 - U`` when at least this share of its vertices has its mirror
-#: vertex in the mirrored part at ``(1 - u, v)`` (within :data:`CHART_TOLERANCE`).
-CHART_MIRROR_SHARE = 0.95
-CHART_TOLERANCE = 0.01
-
-
-def chart_mirror(template) -> np.ndarray:
-    """``(P + 1,)`` bool: whether part ``p``'s chart flips as ``U -> 1 - U`` under the left/right mirror.
-
-    Part ``p`` qualifies when at least :data:`CHART_MIRROR_SHARE` of its vertices ``i`` have their
-    mirror vertex ``j = symmetry[i]`` in part ``part_mirror[p]`` with ``uv[j]`` within
-    :data:`CHART_TOLERANCE` of ``(1 - u_i, v_i)``. Index 0 (background) is ``False``.
-
-    Args:
-      template: a :class:`~bodyjax.body.BodyTemplate` (``uv``, ``part_ids``, ``symmetry``,
-        ``part_mirror``).
-    """
-    uv = np.asarray(template.uv, np.float64)
-    part = np.asarray(template.part_ids, np.int64)
-    sym = np.asarray(template.symmetry, np.int64)
-    part_mirror = np.asarray(template.part_mirror, np.int64)
-    ok = ((part[sym] == part_mirror[part])
-          & (np.abs(uv[sym, 0] - (1.0 - uv[:, 0])) <= CHART_TOLERANCE)
-          & (np.abs(uv[sym, 1] - uv[:, 1]) <= CHART_TOLERANCE))
-    counts = np.bincount(part, minlength=len(part_mirror)).astype(np.float64)
-    share = np.bincount(part, weights=ok.astype(np.float64), minlength=len(part_mirror)) / np.maximum(counts, 1)
-    out = (share >= CHART_MIRROR_SHARE) & (counts > 0)
-    out &= out[part_mirror]  # both charts of a pair, so that flipping twice gives the map back
-    out[0] = False
-    return out
 
 
 def flip_horizontal(sample: Mapping[str, np.ndarray], template,

@@ -774,6 +774,8 @@ def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, p
         for k, v in pose_metrics(fit_joints, train_gt["gt_joints3d"], parents, canonical, config.chunk).items():
             out[f"registration/train_{k}"] = v
     preds = {"": [], "oracle_": []} if config.uses_maps else {"": []}
+    if state.regressor.config.test_flip:  # flip test-time averaging: its one-view prediction beside it
+        preds["one_view_"] = []
     start = pretrained_regressor(config)
     if start is not None:
         preds["start_"] = []
@@ -786,7 +788,8 @@ def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, p
         for prefix in preds:
             reg = start if prefix == "start_" else state.regressor
             p = regressor.predict(reg, template, images=records["image"], iuv=maps[prefix != "oracle_"],
-                                  batch_size=config.chunk, with_vertices=False)
+                                  batch_size=config.chunk, with_vertices=False,
+                                  flip=False if prefix == "one_view_" else None)
             preds[prefix].append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], (p.joints, p.keypoints2d)))
         gts.append({k: records[k][:n] for k in GT_KEYS})
         kps.append(records["keypoints"][:n])

@@ -6,6 +6,8 @@ Layer: algorithms. One job per module:
   :class:`~bodyjax.body.BodyParams` and the representation eq. 14 compares;
 * :mod:`bodyjax.regressor.network` — the input encodings (RGB, part maps, IUV maps) and the Flax
   ResNet + head;
+* :mod:`bodyjax.regressor.mirror` — left/right mirrors of the input and the output, and their mean
+  (flip test-time averaging);
 * :mod:`bodyjax.regressor.model` — :class:`RegressorConfig`, the train state, eq. 13, the jitted
   ``train_step`` / ``eval_step`` and ``predict``.
 
@@ -14,7 +16,8 @@ Every public name is importable from ``bodyjax.regressor``.
 from bodyjax.regressor.head import (HeadOutput, POSE_DIMS, POSE_HEADS, decode_head, encode_head,
                                     head_size, pose_rotations, regression_vectors, rest_head,
                                     split_head)
-from bodyjax.regressor.model import (NETWORK_FIELDS, PRETRAINED_IUV_48, PRETRAINED_IUV_48_FITS, STEM,
+from bodyjax.regressor.mirror import average_params, mirror_images, mirror_maps, mirror_params
+from bodyjax.regressor.model import (NETWORK_FIELDS, PRETRAINED_IUV_48, PRETRAINED_IUV_64_FITS, STEM,
                                      Prediction, RegressorConfig, RegressorState, cpu_config, create_state,
                                      init_key, eval_step, is_params_file, load_params, loss_terms, make_mesh,
                                      predict, replicate, save_params, train_step)
@@ -24,8 +27,9 @@ from bodyjax.regressor.network import (HEADS, IMAGENET_MEAN, IMAGENET_STD, INPUT
 __all__ = [
     "HeadOutput", "POSE_DIMS", "POSE_HEADS", "decode_head", "encode_head", "head_size", "pose_rotations",
     "regression_vectors", "rest_head", "split_head", "Prediction", "RegressorConfig", "RegressorState",
-    "NETWORK_FIELDS", "PRETRAINED_IUV_48", "PRETRAINED_IUV_48_FITS", "STEM", "is_params_file", "load_params",
+    "NETWORK_FIELDS", "PRETRAINED_IUV_48", "PRETRAINED_IUV_64_FITS", "STEM", "is_params_file", "load_params",
     "save_params", "cpu_config", "create_state", "init_key", "eval_step", "loss_terms", "make_mesh", "predict",
     "replicate", "train_step", "HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "INPUTS", "Regressor", "encode_maps",
-    "input_channels", "network_input", "preprocess",
+    "input_channels", "network_input", "preprocess", "average_params", "mirror_images", "mirror_maps",
+    "mirror_params",
 ]

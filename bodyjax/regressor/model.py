@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bodyjax import body, camera, checks, losses, pretrained
 from bodyjax.batch import Batch
+from bodyjax.regressor import mirror
 from bodyjax.regressor.head import POSE_HEADS, decode_head, regression_vectors, split_head
 from bodyjax.regressor.network import HEADS, INPUTS, Regressor, input_channels, network_input
 
@@ -81,6 +82,9 @@ class RegressorConfig:
         :data:`STEM` parameters) gets no gradient, so a pretrained stem stays as it is (its
         BatchNorm statistics still follow the data). On a CPU at 48 px the stem's backward pass is
         about 43 % of the network's forward and backward pass (BENCHMARKS).
+    Prediction:
+      test_flip: EXTENSION: :func:`predict` averages the prediction on each input with the mirrored
+        prediction on its mirror image (:mod:`bodyjax.regressor.mirror`); training is unchanged.
     """
 
     depth: int = 50
@@ -109,6 +113,7 @@ class RegressorConfig:
     dense_reduction: str = "mean"
     pretrained: str = ""
     freeze_stem: bool = False
+    test_flip: bool = False
 
     def __post_init__(self):
         checks.check_choice("RegressorConfig.pose_head", self.pose_head, POSE_HEADS)
@@ -410,8 +415,8 @@ class Prediction(NamedTuple):
     keypoints2d: Array
 
 
-@functools.partial(jax.jit, static_argnames=("with_vertices", "size"))
-def _predict_chunk(state: RegressorState, given: Array, template: body.BodyTemplate, size, with_vertices: bool):
+def _network_params(state: RegressorState, given: Array) -> body.BodyParams:
+    """NORMALISED parameters the network predicts for ``given`` (any size; resized to its input)."""
     cfg = state.config
     x = network_input(cfg.input, image=given if cfg.input == "rgb" else None,
                       iuv=given if cfg.input != "rgb" else None)
@@ -421,19 +426,35 @@ def _predict_chunk(state: RegressorState, given: Array, template: body.BodyTempl
         x = jax.image.resize(x, (x.shape[0], cfg.image_size, cfg.image_size, x.shape[-1]), method,
                              antialias=method == "linear")
     out = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
-    pn = decode_head(out, cfg.pose_head, cfg.log_clip)
+    return decode_head(out, cfg.pose_head, cfg.log_clip)
+
+
+@functools.partial(jax.jit, static_argnames=("with_vertices", "size", "flip"))
+def _predict_chunk(state: RegressorState, given: Array, template: body.BodyTemplate, size, with_vertices: bool,
+                   flip: bool = False, charts: Optional[Array] = None):
+    cfg = state.config
+    if flip:  # one batch of both views: the network's BatchNorm is in inference mode
+        other = (mirror.mirror_images(given) if cfg.input == "rgb"
+                 else mirror.mirror_maps(given, template.part_mirror, charts))
+        both = _network_params(state, jnp.concatenate([jnp.asarray(given), other], axis=0))
+        b = given.shape[0]
+        first, second = (jax.tree_util.tree_map(lambda a: a[:b], both),
+                         jax.tree_util.tree_map(lambda a: a[b:], both))
+        pn = mirror.average_params(first, mirror.mirror_params(second, template.joint_mirror))
+    else:
+        pn = _network_params(state, given)
     pp = camera.denormalize_params(pn, size)
     if with_vertices:
         posed = body.forward(template, pp)
         vertices = posed.vertices
     else:
-        posed = body.forward_subset(template, pp, jnp.zeros((x.shape[0], 1), jnp.int32))
+        posed = body.forward_subset(template, pp, jnp.zeros((given.shape[0], 1), jnp.int32))
         vertices = None
     return pp, pn, vertices, posed.joints, posed.keypoints2d
 
 
 def predict(state: RegressorState, template: body.BodyTemplate, images=None, iuv=None,
-            batch_size: int = 64, with_vertices: bool = True) -> Prediction:
+            batch_size: int = 64, with_vertices: bool = True, flip: Optional[bool] = None) -> Prediction:
     """Regresses the body of every image.
 
     Args:
@@ -444,6 +465,9 @@ def predict(state: RegressorState, template: body.BodyTemplate, images=None, iuv
         predictor's output, or rendered labels).
       batch_size: images per jitted call (the last chunk is padded, so one compilation).
       with_vertices: also return the full mesh (``(B, V, 3)``).
+      flip: flip test-time averaging (EXTENSION, :mod:`bodyjax.regressor.mirror`): the mean of the
+        prediction on each input and, mirrored back, on its mirror image (twice the network's
+        compute). ``None``: ``state.config.test_flip``.
 
     Inputs of another size than ``config.image_size`` are resized (images linearly, label maps by
     nearest sampling, as the training augmentation resamples them; the normalised outputs do not
@@ -467,12 +491,15 @@ def predict(state: RegressorState, template: body.BodyTemplate, images=None, iuv
     if b == 0:
         raise ValueError(f"predict: {name} is empty")
     bs = max(1, min(batch_size, b))
+    flip = bool(cfg.test_flip if flip is None else flip)
+    charts = jnp.asarray(body.chart_mirror(template)) if flip and cfg.input != "rgb" else None
     chunks = []
     for lo in range(0, b, bs):
         idx = np.arange(lo, lo + bs) % b
         n = min(bs, b - lo)
         # to the host before slicing: a device-side slice or concatenation compiles per shape
-        res = jax.device_get(_predict_chunk(state, given[idx], template, tuple(size), with_vertices))
+        res = jax.device_get(_predict_chunk(state, given[idx], template, tuple(size), with_vertices,
+                                                flip, charts))
         chunks.append(jax.tree_util.tree_map(lambda x, n=n: x[:n], res))
     cat = lambda *xs: np.concatenate(xs, axis=0)  # noqa: E731
     pp, pn, vertices, joints, kp = (jax.tree_util.tree_map(cat, *[c[i] for c in chunks])
@@ -541,7 +568,7 @@ def load_params(state: RegressorState, path: str, field: str = "path") -> Regres
 #: ResNet18 at width 32; ``tools/pretrain_regressor.py`` rebuilds it).
 PRETRAINED_IUV_48 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                  "regressor_iuv_s48.npz")
-#: :data:`PRETRAINED_IUV_48` after deform-and-learn's round 1 on 32,000 people of the same seed (their
-#: fits to the dense points and 2D keypoints as targets: still no 3D label; the ``:bench`` start;
-#: ``tools/pretrain_regressor.py --targets fits`` rebuilds it).
-PRETRAINED_IUV_48_FITS = os.path.join(os.path.dirname(PRETRAINED_IUV_48), "regressor_iuv_s48_fits.npz")
+#: :data:`PRETRAINED_IUV_48` after deform-and-learn's round 1 on 32,000 people of the same seed, read at
+#: 64 px (their fits to the dense points and 2D keypoints as targets: still no 3D label; the ``:bench``
+#: start; ``tools/pretrain_regressor.py --targets fits`` rebuilds it).
+PRETRAINED_IUV_64_FITS = os.path.join(os.path.dirname(PRETRAINED_IUV_48), "regressor_iuv_s64_fits.npz")
