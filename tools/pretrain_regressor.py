@@ -64,7 +64,7 @@ from bodyjax.data.pipeline import ArraySource  # noqa: E402
 from bodyjax.loop import epochs  # noqa: E402
 
 #: The defaults of the flags that depend on ``--targets``: those of the shipped files
-#: (``regressor_iuv_s48.npz``, ``regressor_iuv_s48_fits.npz``; their metadata records them).
+#: (``regressor_iuv_s48.npz``, ``regressor_iuv_s64_fits.npz``; their metadata records them).
 DEFAULTS = {"2d": {"images": 16000, "epochs": 10, "image_size": 48, "out": regressor.PRETRAINED_IUV_48},
             "fits": {"images": 32000, "epochs": 8, "image_size": 64, "out": regressor.PRETRAINED_IUV_64_FITS}}
 
