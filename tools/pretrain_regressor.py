@@ -43,6 +43,8 @@ directory holds the run's checkpoints (rerun the command to resume it) and its `
 the file's metadata records the run's table row. ``--fits-from DIR`` reuses the fits of a finished
 round with the same pool (:func:`start_from_fits`): only the regressor stage and the evaluation run,
 and with the same flags the file is the one the whole round writes, to the bit (a test checks it).
+The fits do not read the part / IUV predictor, so such a round may read another one's maps
+(``--iuv-net``), and ``--map-flip-prob`` (EXTENSION) flips a share of them in its regressor stage.
 """
 from __future__ import annotations
 
@@ -123,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fits-from", default="",
                    help="--targets fits: the work directory of a finished round with the same pool flags "
                         "whose fits this round reuses (it re-runs only the regressor stage and the evaluation)")
+    p.add_argument("--map-flip-prob", type=float, default=0.0,
+                   help="--targets fits: EXTENSION, the share of label maps flipped in the regressor stage "
+                        "(config.augment.map_flip_prob: parts swapped, U mirrored, the targets mirrored)")
     p.add_argument("--variant", default="bench", help="--targets fits: the variant of configs/default.py "
                    "whose settings the round takes (smoke: a quick check)")
     return p
@@ -137,6 +142,9 @@ def parse_args(argv=None, p=None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.targets == "2d" and args.iuv_net is None:
         args.iuv_net = iuv_net.PRETRAINED_64
+    if not 0.0 <= args.map_flip_prob <= 1.0 or (args.targets == "2d" and args.map_flip_prob):
+        (p or parser()).error(f"--map-flip-prob {args.map_flip_prob}: a probability in [0, 1], "
+                              "read by --targets fits only")
     return args
 
 
@@ -238,6 +246,7 @@ def fits_config(args):
                             image_size=args.image_size, learning_rate=args.lr, batch_size=args.batch_size,
                             lr_final_fraction=args.lr_final_fraction)
     config.regressor.num_epochs = args.epochs
+    config.augment.map_flip_prob = args.map_flip_prob
     return config
 
 
@@ -260,9 +269,11 @@ def start_from_fits(config, source: str, workdir: str) -> None:
 
     Round 1's fits start from the T-pose and its lifter from the 2D corpus: neither reads the
     regressor, so a finished round of the same pool (``--seed``, ``--images``, ``--held-out``,
-    ``--data-size``, predictor) holds the fits, the lifter and the maps this round would compute.
-    Its newest checkpoint is rewound to the state after the registration (round 1, stage
-    ``regressor``, the regressor as ``--init`` loads it) and saved as ``workdir``'s checkpoint with
+    ``--data-size``) holds the fits and the lifter this round would compute. Nor do they read the
+    part / IUV predictor, whose maps the regressor stage computes: the round may use another one
+    (``--iuv-net``). Its newest checkpoint is rewound to the state after the registration (round 1,
+    stage ``regressor``, the regressor as ``--init`` loads it, the predictor as ``config`` loads it)
+    and saved as ``workdir``'s checkpoint with
     its ``metrics.json``; :func:`~bodyjax.loop.experiment.train_and_evaluate` then resumes there, so
     the written file is the one the whole round would write. A ``workdir`` with checkpoints of its
     own is left as it is (the command resumes it).
@@ -291,7 +302,8 @@ def start_from_fits(config, source: str, workdir: str) -> None:
             raise ValueError(f"--fits-from: {source!r} is a round of another seed than --seed {config.seed}")
         state = state.replace(round=jnp.asarray(0, jnp.int32),
                               stage=jnp.asarray(dnl.STAGES.index("regressor"), jnp.int32),
-                              regressor=dnl.pretrained_regressor(experiment.loop_config(config)))
+                              regressor=dnl.pretrained_regressor(experiment.loop_config(config)),
+                              iuv_net=fresh.iuv_net)
         if os.path.exists(os.path.join(source, "metrics.json")):  # the table's row, before the checkpoint
             shutil.copyfile(os.path.join(source, "metrics.json"), os.path.join(workdir, "metrics.json"))
         # the step train_and_evaluate gives the end of round 1's registration
