@@ -220,15 +220,17 @@ def test_pretraining_tool_writes_a_loadable_regressor_from_2d_labels(tmp_path):
     for k in ("registration/train_pa_mpjpe", "regressor/test_pa_mpjpe", "baseline/mean_fit_pa_mpjpe"):
         assert info2["round"][k] == row[k], k
     assert "time/registration_s" in json.load(open(rewound / "metrics.json"))[-1]
-    # ... and with another predictor's maps, flipped half the time: the same fits, another regressor
-    other, flipped = tmp_path / "other_predictor.npz", tmp_path / "flipped.npz"
+    # ... and with another predictor's maps, none flipped (the default: half): the same fits, another
+    # regressor
+    other, other_out = tmp_path / "other_predictor.npz", tmp_path / "other.npz"
     iuv_net.save_params(str(other), iuv_net.create_state(1, smoke_iuv), {"test": "untrained, seed 1"})
-    argv3 = [str(flipped) if a == str(again) else str(tmp_path / "flipped") if a == str(rewound)
+    argv3 = [str(other_out) if a == str(again) else str(tmp_path / "other") if a == str(rewound)
              else str(other) if a == str(predictor) else a for a in argv2]
-    info3 = pretrain_regressor.main(argv3 + ["--fits-from", str(workdir), "--map-flip-prob", "0.5"])
-    assert info3["predictor"]["file"] == str(other) and info3["flags"]["map_flip_prob"] == 0.5
+    assert fits_info["flags"]["map_flip_prob"] == 0.5
+    info3 = pretrain_regressor.main(argv3 + ["--fits-from", str(workdir), "--map-flip-prob", "0"])
+    assert info3["predictor"]["file"] == str(other) and info3["flags"]["map_flip_prob"] == 0.0
     assert info3["round"]["registration/train_pa_mpjpe"] == row["registration/train_pa_mpjpe"]
-    with np.load(again) as a, np.load(flipped) as b:
+    with np.load(again) as a, np.load(other_out) as b:
         assert any(not np.array_equal(a[k], b[k]) for k in a.files if k != "__info__")
     with pytest.raises(SystemExit):
         pretrain_regressor.main(argv3 + ["--map-flip-prob", "1.5"])

@@ -20,7 +20,7 @@ left to the experiment's fits.
 The maps are those the experiment's regressor reads (``--maps predicted``, the default): the
 shipped part / IUV predictor (``bodyjax/assets/iuv_net_s64.npz``) run on the pool's images, or the
 rendered label maps (``--maps labels``). The shipped 2D file was made with the predictor's first
-stage (``python tools/pretrain_iuv_net.py --out FILE``, before its second stage from ``--init``):
+stage (``python tools/pretrain_iuv_net.py --out FILE``, before its later stages from ``--init``):
 pass that ``FILE`` as ``--iuv-net`` to rebuild it exactly; the fits file, with the shipped predictor.
 The flags' defaults (:data:`DEFAULTS` for those that depend on ``--targets``) are the shipped
 files' (their metadata records them). The experiments load
@@ -67,8 +67,10 @@ from bodyjax.loop import epochs  # noqa: E402
 
 #: The defaults of the flags that depend on ``--targets``: those of the shipped files
 #: (``regressor_iuv_s48.npz``, ``regressor_iuv_s64_fits.npz``; their metadata records them).
-DEFAULTS = {"2d": {"images": 16000, "epochs": 10, "image_size": 48, "out": regressor.PRETRAINED_IUV_48},
-            "fits": {"images": 32000, "epochs": 8, "image_size": 64, "out": regressor.PRETRAINED_IUV_64_FITS}}
+DEFAULTS = {"2d": {"images": 16000, "epochs": 10, "image_size": 48, "map_flip_prob": 0.0,
+                   "out": regressor.PRETRAINED_IUV_48},
+            "fits": {"images": 32000, "epochs": 8, "image_size": 64, "map_flip_prob": 0.5,
+                     "out": regressor.PRETRAINED_IUV_64_FITS}}
 
 #: The fields of the sample record the 2D pretraining reads.
 FIELDS = ("image", "iuv", "dense_xy", "dense_vertex", "dense_mask", "keypoints", "keypoint_visible")
@@ -125,9 +127,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fits-from", default="",
                    help="--targets fits: the work directory of a finished round with the same pool flags "
                         "whose fits this round reuses (it re-runs only the regressor stage and the evaluation)")
-    p.add_argument("--map-flip-prob", type=float, default=0.0,
+    p.add_argument("--map-flip-prob", type=float, default=None,
                    help="--targets fits: EXTENSION, the share of label maps flipped in the regressor stage "
-                        "(config.augment.map_flip_prob: parts swapped, U mirrored, the targets mirrored)")
+                        "(config.augment.map_flip_prob: parts swapped, U mirrored, the targets mirrored; "
+                        "default 0.5, the shipped file's)")
     p.add_argument("--variant", default="bench", help="--targets fits: the variant of configs/default.py "
                    "whose settings the round takes (smoke: a quick check)")
     return p
