@@ -118,6 +118,38 @@ def test_second_build_reuses_the_files(built, data_dir, monkeypatch):
     assert len(pipeline.data_source(again, "train")) == N_TRAIN
 
 
+def test_a_split_past_tfds_memory_buffer_is_written_without_tensorflow(reference, tmp_path, monkeypatch):
+    """tfds spills a split past its in-memory bound (1 GB) to temporary files through TensorFlow;
+    the builder writes it from memory instead. With the bound at 1 kB, this 12-record split crosses
+    it: the build failed with ``No module named 'tensorflow'`` before :func:`tb.splits_in_memory`."""
+    import importlib.util
+
+    from tensorflow_datasets.core import shuffle
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("TensorFlow is installed: tfds's own spill path works")
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1000)
+    built = tb.build_synthetic(tmp_path, CFG, N_TRAIN, N_TEST, seed=SEED, show_progress=False)
+    assert shuffle.MAX_MEM_BUFFER_SIZE == 1000  # restored after the build
+    src = pipeline.data_source(built, "train")
+    assert len(src) == N_TRAIN
+    for i, expected in enumerate(reference["train"]):  # in generation order
+        np.testing.assert_array_equal(src[i]["image"], expected["image"], err_msg=f"train[{i}]")
+
+
+def test_a_split_larger_than_memory_is_refused_before_generating(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("nothing may be generated")
+
+    monkeypatch.setattr(synthetic, "generate", fail)
+    monkeypatch.setattr(tb, "available_memory", lambda: 10**9)   # 1 GB; 50,000 records need ~1.4
+    with pytest.raises(ValueError, match=r"train_size=50000 records of ~28 kB need ~1\.4 GB"):
+        tb.build_synthetic(tmp_path, synthetic.SyntheticConfig(image_size=64), 50_000, 10, seed=SEED,
+                           show_progress=False)
+    assert not os.listdir(tmp_path) or not any(f.endswith(".array_record") for _, _, fs in os.walk(tmp_path)
+                                                  for f in fs)
+
+
 def test_config_name_is_the_same_in_another_process(template):
     """A later run (another process) finds the data set built by an earlier one: the name covers the
     template's values, not the addresses of its absent optional fields (the default body has no

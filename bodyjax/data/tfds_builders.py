@@ -59,6 +59,7 @@ Typical use::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -364,6 +365,11 @@ def build_synthetic(data_dir, cfg: synthetic.SyntheticConfig = synthetic.Synthet
     if is_built(builder):
         logging.info("synthetic_bodies: reusing %s", builder.data_dir)
     else:
+        size = record_bytes(builder.info.features)
+        if image_encoding == "png":
+            size += int(np.prod(transforms.size_hw(cfg.image_size))) * 3
+        for split, n in (("train_size", train_size), ("test_size", test_size)):
+            check_split_memory("build_synthetic", n, size, split)
         _prepare_quietly(builder)
     return builder
 
@@ -378,15 +384,84 @@ def is_built(builder) -> bool:
 
 
 def _prepare_quietly(builder, download_config=None) -> None:
-    """``download_and_prepare`` with tfds's own progress bars off (ours have totals)."""
+    """``download_and_prepare`` with tfds's own progress bars off (ours have totals), each split
+    written from memory (:func:`splits_in_memory`)."""
     from tensorflow_datasets.core.utils import tqdm_utils  # noqa: PLC0415
 
     was_active = getattr(tqdm_utils, "_active", True)
     tfds.display_progress_bar(False)
     try:
-        builder.download_and_prepare(download_config=download_config)
+        with splits_in_memory():
+            builder.download_and_prepare(download_config=download_config)
     finally:
         tfds.display_progress_bar(was_active)
+
+
+@contextlib.contextmanager
+def splits_in_memory():
+    """Lets tfds write a split of any size without TensorFlow, by holding it in memory.
+
+    tfds's writer gathers a split's serialized records in memory and, past 1 GB
+    (``tensorflow_datasets.core.shuffle.MAX_MEM_BUFFER_SIZE``), moves them to temporary files
+    through ``tf.io.gfile``, that is through TensorFlow, which bodyjax does not install: a split
+    above ~37,000 synthetic records at 64 px failed with ``No module named 'tensorflow'`` after
+    generating them. Without TensorFlow this lifts the bound while the block runs (a split then
+    needs its own size in memory, checked beforehand by :func:`check_split_memory`); with
+    TensorFlow installed it changes nothing.
+    """
+    import importlib.util  # noqa: PLC0415
+
+    from tensorflow_datasets.core import shuffle  # noqa: PLC0415
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        yield
+        return
+    if not hasattr(shuffle, "MAX_MEM_BUFFER_SIZE"):
+        raise RuntimeError("tensorflow_datasets.core.shuffle.MAX_MEM_BUFFER_SIZE is gone in tfds "
+                           f"{tfds.__version__}: bodyjax.data.tfds_builders.splits_in_memory needs updating")
+    bound = shuffle.MAX_MEM_BUFFER_SIZE
+    shuffle.MAX_MEM_BUFFER_SIZE = sys.maxsize
+    try:
+        yield
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE = bound
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation (``MemAvailable`` of ``/proc/meminfo``), or
+    ``None`` where that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_split_memory(name: str, num_records: int, record_bytes: int, what: str) -> None:
+    """Raises ``ValueError`` (naming ``what``, e.g. ``'train_size'``) when a split of ``num_records``
+    records of ``record_bytes`` each would not fit in the available memory while it is written
+    (:func:`splits_in_memory`); nothing when the available memory is unknown."""
+    need = int(num_records) * int(record_bytes)
+    free = available_memory()
+    if free is not None and need > 0.8 * free:
+        raise ValueError(
+            f"{name}: {what}={num_records} records of ~{record_bytes / 1e3:.0f} kB need ~{need / 1e9:.1f} GB "
+            f"of memory while the split is written (tfds writes to disk past 1 GB only through TensorFlow), "
+            f"and {free / 1e9:.1f} GB are available: build fewer records, or install tensorflow")
+
+
+def record_bytes(features: tfds.features.FeaturesDict) -> int:
+    """Bytes of one record's arrays (an upper bound of a raw record's serialized payload; a PNG
+    image field counts nothing here)."""
+    total = 0
+    for feature in features.values():
+        shape, dtype = feature.shape, np.dtype(feature.np_dtype)
+        if dtype != np.object_ and all(d is not None for d in shape):
+            total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
