@@ -406,8 +406,9 @@ def splits_in_memory():
     through ``tf.io.gfile``, that is through TensorFlow, which bodyjax does not install: a split
     above ~37,000 synthetic records at 64 px failed with ``No module named 'tensorflow'`` after
     generating them. Without TensorFlow this lifts the bound while the block runs (a split then
-    needs its own size in memory, checked beforehand by :func:`check_split_memory`); with
-    TensorFlow installed it changes nothing.
+    needs its own size in memory: :func:`build_synthetic` checks that beforehand with
+    :func:`check_split_memory`; DensePose-COCO's split sizes are known only once its annotations
+    are read); with TensorFlow installed it changes nothing.
     """
     import importlib.util  # noqa: PLC0415
 
