@@ -97,6 +97,73 @@ def test_fits_dictionary_never_worsens_the_image_terms(reference):
     assert 0 <= history[1]["registration/replaced"] <= 8
 
 
+def test_per_person_test_errors_are_written_and_paired(reference, tmp_path):
+    """Each round's evaluation writes the per-person test errors whose means are the table's numbers;
+    tools/compare_runs.py pairs two runs on them and refuses two different test splits."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import compare_runs
+
+    root, config, history = reference
+    workdir = str(root / "reference")
+    for h in history:
+        errors = experiment.read_test_errors(workdir, h["round"])
+        assert len(errors["test/gt_fingerprint"]) == config.data.test_size
+        for key in ("regressor/test_pa_mpjpe", "regressor/test_mpjpe", "regressor/test_one_view_pa_mpjpe"):
+            assert errors[key].shape == (config.data.test_size,)
+            np.testing.assert_allclose(np.mean(errors[key]), h[key], rtol=1e-12)
+    assert compare_runs.last_round(workdir) == history[-1]["round"]
+    same = compare_runs.compare(workdir, workdir)
+    assert same["diff"] == 0.0 and same["se"] == 0.0 and same["mean_a"] == history[-1]["regressor/test_pa_mpjpe"]
+    r1 = compare_runs.compare(workdir, workdir, round_=1)       # round 1 against round 1 of the same run
+    assert r1["mean_a"] == history[0]["regressor/test_pa_mpjpe"]
+    other = tmp_path / "other"
+    other.mkdir()
+    errors = experiment.read_test_errors(workdir, 2)
+    errors["test/gt_fingerprint"] = errors["test/gt_fingerprint"] + 1.0      # other people
+    experiment.write_test_errors(str(other), 2, errors)
+    with pytest.raises(ValueError, match="same 4 test people"):
+        compare_runs.compare(workdir, str(other))
+
+
+def test_test_seed_scores_every_data_seed_on_the_same_people(tmp_path):
+    """``data.test_seed``: data seeds 0 and 1 train on different people and test on seed 0's own test
+    split, person for person; an invalid value is named."""
+    from bodyjax import body
+
+    template = body.default_template("coco17")
+    splits = {}
+    for seed in (0, 1):
+        config = smoke_config(tmp_path, **{"data.seed": seed, "data.test_seed": 0, "data.train_size": 3,
+                                           "data.test_size": 2})
+        data = experiment.load_data(config, str(tmp_path / "run"), template)
+        splits[seed] = [[data.train[i]["gt_joints3d"] for i in range(3)], [data.test[i] for i in range(2)]]
+    for i in range(2):
+        for key in ("image", "gt_joints3d", "iuv"):
+            np.testing.assert_array_equal(splits[0][1][i][key], splits[1][1][i][key])
+    assert not np.allclose(splits[0][0][0], splits[1][0][0])
+    with pytest.raises(ValueError, match="test_seed must be -1"):
+        experiment.load_data(smoke_config(tmp_path, **{"data.test_seed": -2}), str(tmp_path / "run"), template)
+
+
+def test_paired_difference_matches_scipys_paired_t_test():
+    """The paired difference's standard error and interval against SciPy's ``ttest_rel``."""
+    from scipy import stats
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import compare_runs
+
+    rng = np.random.default_rng(0)
+    a = rng.gamma(4.0, 20.0, 300)
+    b = a + rng.normal(-1.0, 5.0, 300)
+    r = compare_runs.paired_difference(a, b)
+    ref = stats.ttest_rel(b, a)
+    np.testing.assert_allclose(r["diff"] / r["se"], ref.statistic, rtol=1e-12)
+    np.testing.assert_allclose(r["ci95"], tuple(ref.confidence_interval(0.95)), rtol=1e-12)
+    assert r["b_better"] == np.mean(b < a) and r["n"] == 300
+    with pytest.raises(ValueError, match="same length"):
+        compare_runs.paired_difference(a, b[:-1])
+
+
 @pytest.mark.slow  # ~50 s; CI resumes from a damaged copy of the reference (one stage)
 def test_killed_run_resumes_to_the_same_result(reference):
     """Stops right after stage 7 (round 2's lifter) and resumes to the uninterrupted metrics."""

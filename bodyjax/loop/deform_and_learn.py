@@ -695,10 +695,17 @@ def pose_metrics(pred_joints, gt_joints, parents, canonical_sum: float, chunk: i
     The per-person errors are computed ``chunk`` people at a time (the last chunk padded), so every
     split's size runs one compiled program; the means are taken on the host in float64.
     """
+    return {k: float(np.mean(v)) for k, v in pose_errors(pred_joints, gt_joints, parents, canonical_sum,
+                                                         chunk).items()}
+
+
+def pose_errors(pred_joints, gt_joints, parents, canonical_sum: float, chunk: int = 64) -> dict:
+    """The per-person errors of :func:`pose_metrics`: ``{name: (M,) float64 array}`` in mm (PCK and AUC
+    per person as fractions). Paired comparisons of two predictors on the same people read these."""
     per_person = epochs.map_chunks(
         lambda a: _pose_errors(a["pred"], a["gt"], tuple(parents), jnp.float32(canonical_sum)),
         {"pred": np.asarray(pred_joints, np.float32), "gt": np.asarray(gt_joints, np.float32)}, chunk)
-    return {k: float(np.mean(np.asarray(v, np.float64))) for k, v in per_person.items()}
+    return {k: np.asarray(v, np.float64) for k, v in per_person.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("parents",))
@@ -761,10 +768,17 @@ def mean_params(fits: body.BodyParams, weights: Optional[np.ndarray] = None) -> 
                            scale=mean(fits.scale), translation=mean(fits.translation))
 
 
+#: Key of :func:`evaluate_stage`'s metrics under which the regressor's per-person test errors are
+#: returned (``{metric name: (M,) float64 array}``, in the test split's order); not a scalar: the
+#: experiment writes it to ``test_errors_round<r>.npz`` and keeps it out of the metrics' history.
+PER_PERSON = "per_person"
+
+
 def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, progress=None):
     """Stage 4: errors of the fits (train), the regressor (test), the lifter (test) and the baselines
     (the training fits' mean; the flat lifter; the regressor as the run loaded it, when it came whole
-    from a file: ``baseline/start_*``)."""
+    from a file: ``baseline/start_*``). With 3D ground truth, ``metrics[PER_PERSON]`` holds the per-person
+    test PA-MPJPE and MPJPE of each prediction (the scalars are their means)."""
     out: dict = {"round": int(state.round) + 1}
     parents = template.parents
     canonical = canonical_bone_sum(template)
@@ -797,13 +811,16 @@ def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, p
     gt = epochs.concatenate(gts)
     kp2d, vis = np.concatenate(kps), np.concatenate(vis_all)
     has_gt = bool(np.all(gt["has_gt"] > 0))
+    per_person = {}
     for prefix, chunks_ in preds.items():
         joints, pred_kp = epochs.concatenate(chunks_)
         name = "baseline/start_" if prefix == "start_" else f"regressor/test_{prefix}"
         out[f"{name}pixel_error"] = float(np.mean(_pixel_error(pred_kp, kp2d, vis)))
         if has_gt:
-            for k, v in pose_metrics(joints, gt["gt_joints3d"], parents, canonical, config.chunk).items():
-                out[f"{name}{k}"] = v
+            for k, v in pose_errors(joints, gt["gt_joints3d"], parents, canonical, config.chunk).items():
+                out[f"{name}{k}"] = float(np.mean(v))
+                if k in ("pa_mpjpe", "mpjpe"):
+                    per_person[f"{name}{k}"] = v
     if has_gt:
         out.update(baselines(state, template, gt, kp2d, vis, config, canonical))
         _, gt_kp = body_points(template, sample.params_from_record(gt, "gt"), config.chunk)
@@ -823,6 +840,9 @@ def evaluate_stage(state: LoopState, template, data: Data, config: LoopConfig, p
             pred_maps = network_maps(state, records, config, True)[:len(idx)]
             ious.append(part_iou(pred_maps, records["iuv"][:len(idx)])[1])
         out["dense/test_part_miou"] = float(np.mean(ious))
+    if per_person:  # with a fingerprint of each person's true joints: which people, in which order
+        per_person["test/gt_fingerprint"] = np.sum(np.abs(np.asarray(gt["gt_joints3d"], np.float64)), axis=(1, 2))
+        out[PER_PERSON] = per_person
     return _advance(state), out
 
 
@@ -857,5 +877,6 @@ def run_round(state: LoopState, template, data: Data, config: LoopConfig) -> tup
     current = int(state.round)
     while int(state.round) == current:
         state, m = run_stage(state, template, data, config)
+        m.pop(PER_PERSON, None)
         metrics_out.update(m)
     return state, metrics_out

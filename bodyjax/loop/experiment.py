@@ -84,10 +84,20 @@ def load_data(config, workdir: str, template) -> "dnl.Data":
                                         num_points=(max(1, (5 * config.data.max_points) // 8),
                                                     config.data.max_points),
                                         keypoint_set=config.data.keypoint_set)
+        test_seed = config.data.get("test_seed", -1)
+        if not isinstance(test_seed, int) or test_seed < -1:
+            raise ValueError(f"config.data.test_seed must be -1 (the data seed's own test split) or a seed "
+                             f">= 0, got {test_seed!r}")
+        own_test = test_seed in (-1, config.data.seed)
         builder = tfds_builders.build_synthetic(data_dir, cfg, config.data.train_size,
-                                                config.data.test_size, config.data.seed,
+                                                config.data.test_size if own_test else 0, config.data.seed,
                                                 template=template)
-        return dnl.Data(pipeline.data_source(builder, "train"), pipeline.data_source(builder, "test"), corpus)
+        if own_test:
+            return dnl.Data(pipeline.data_source(builder, "train"), pipeline.data_source(builder, "test"), corpus)
+        # another seed's test split, the same people for every data seed (the builder needs a train
+        # split: one person of that seed, unused)
+        tests = tfds_builders.build_synthetic(data_dir, cfg, 1, config.data.test_size, test_seed, template=template)
+        return dnl.Data(pipeline.data_source(builder, "train"), pipeline.data_source(tests, "test"), corpus)
     if config.data.source == "densepose_coco":
         if not config.data.manual_dir:
             raise ValueError("config.data.manual_dir must point at the DensePose-COCO files "
@@ -202,6 +212,9 @@ def train_and_evaluate(config, workdir: str) -> list:
             with bar:
                 state, stage_metrics = dnl.run_stage(state, template, data, loop, progress)
                 bar.update(total - bar.n)
+            per_person = stage_metrics.pop(dnl.PER_PERSON, None)
+            if per_person is not None and jax.process_index() == 0:  # before the metrics and checkpoint
+                write_test_errors(workdir, r + 1, per_person)
             stage_metrics[f"time/{name}_s"] = time.time() - t_stage
             _check_finite(stage_metrics, desc)
             if history and history[-1]["round"] == r + 1:
@@ -227,6 +240,28 @@ def train_and_evaluate(config, workdir: str) -> list:
         mgr.close()
     print(f"done: {num_rounds} rounds in {time.time() - t0:.0f}s; results in {workdir}", flush=True)
     return history
+
+
+def write_test_errors(workdir: str, round_: int, per_person: dict) -> str:
+    """Writes one round's per-person test errors (``evaluate_stage``'s ``PER_PERSON``) atomically to
+    ``<workdir>/test_errors_round<r>.npz``: one ``(M,)`` float64 array per metric name (``/`` written as
+    ``.``), in the test split's order, so two runs on the same split compare person by person
+    (``experiments/ablate_levers.py``'s paired column). Returns the path."""
+    path = os.path.join(workdir, f"test_errors_round{round_}.npz")
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{k.replace("/", "."): np.asarray(v, np.float64) for k, v in per_person.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def read_test_errors(workdir: str, round_: int) -> dict:
+    """The per-person test errors :func:`write_test_errors` wrote for ``round_`` (names with ``/``)."""
+    path = os.path.join(workdir, f"test_errors_round{round_}.npz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no per-person test errors for round {round_} (written by the "
+                                f"evaluate stage of runs with 3D ground truth on the test split)")
+    with np.load(path) as f:
+        return {k.replace(".", "/"): f[k] for k in f.files}
 
 
 def _check_finite(stage_metrics: dict, where: str) -> None:
