@@ -131,6 +131,42 @@ def main(argv):
         print(f"{r['lever']:<18}{r['seed']:>5}" + "".join(f"{r[k]:>12.1f}" for k, _ in KEYS)
               + f"{r['seconds']:>10.0f}")
     print("(final round; mm; stage s = the stages' wall time, without data generation)")
+    paired = paired_to_all(rows, FLAGS.workdir)
+    if paired:
+        print("\npaired with 'all' of the same seed on the same test people (tools/compare_runs.py):")
+        for line in paired:
+            print(line)
+
+
+def paired_to_all(rows, workdir: str) -> list:
+    """Lines of the table's paired column: per lever and seed in ``rows``, its final test PA-MPJPE minus
+    the ``all`` run's of the same seed, person by person (both runs under ``workdir``), or why not."""
+    compare_runs = _compare_runs()
+    lines = []
+    for r in rows:
+        base = os.path.join(workdir, f"all_seed{r['seed']}")
+        if r["lever"] == "all" or not any(o["lever"] == "all" and o["seed"] == r["seed"] for o in rows):
+            continue
+        run = os.path.join(workdir, f"{r['lever']}_seed{r['seed']}")
+        try:
+            p = compare_runs.compare(base, run)
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            lines.append(f"  {r['lever']} seed {r['seed']}: not paired ({e})")
+            continue
+        lo, hi = p["ci95"]
+        lines.append(f"  {r['lever']} seed {r['seed']}: {p['diff']:+.2f} +- {p['se']:.2f} mm (s.e.; 95 % "
+                     f"[{lo:+.2f}, {hi:+.2f}]) on {p['n']} people")
+    return lines
+
+
+def _compare_runs():
+    import importlib.util  # noqa: PLC0415
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "compare_runs.py")
+    spec = importlib.util.spec_from_file_location("compare_runs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

@@ -247,6 +247,7 @@ def write_test_errors(workdir: str, round_: int, per_person: dict) -> str:
     ``<workdir>/test_errors_round<r>.npz``: one ``(M,)`` float64 array per metric name (``/`` written as
     ``.``), in the test split's order, so two runs on the same split compare person by person
     (``experiments/ablate_levers.py``'s paired column). Returns the path."""
+    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, f"test_errors_round{round_}.npz")
     tmp = path + ".tmp.npz"
     np.savez(tmp, **{k.replace("/", "."): np.asarray(v, np.float64) for k, v in per_person.items()})
