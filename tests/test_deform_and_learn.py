@@ -143,6 +143,9 @@ def test_test_seed_scores_every_data_seed_on_the_same_people(tmp_path):
     assert not np.allclose(splits[0][0][0], splits[1][0][0])
     with pytest.raises(ValueError, match="test_seed must be -1"):
         experiment.load_data(smoke_config(tmp_path, **{"data.test_seed": -2}), str(tmp_path / "run"), template)
+    with pytest.raises(ValueError, match="synthetic source only"):
+        experiment.load_data(smoke_config(tmp_path, **{"data.test_seed": 0, "data.source": "densepose_coco"}),
+                             str(tmp_path / "run"), template)
 
 
 def test_paired_difference_matches_scipys_paired_t_test():

@@ -73,9 +73,18 @@ def load_template(config):
 
 def load_data(config, workdir: str, template) -> "dnl.Data":
     """The run's splits as streamed sources (built once and cached by tensorflow-datasets), and the
-    lifter's 2D corpus when configured."""
+    lifter's 2D corpus when configured. Synthetic data: the train split is ``data.seed``'s; the test
+    split is ``data.test_seed``'s when that is set (``>= 0``: the same people for every data seed),
+    else ``data.seed``'s own."""
     from bodyjax.data import pipeline, synthetic, tfds_builders  # noqa: PLC0415
 
+    test_seed = config.data.get("test_seed", -1)
+    if not isinstance(test_seed, int) or test_seed < -1:
+        raise ValueError(f"config.data.test_seed must be -1 (the data seed's own test split) or a seed "
+                         f">= 0, got {test_seed!r}")
+    if test_seed != -1 and config.data.source != "synthetic":
+        raise ValueError(f"config.data.test_seed={test_seed} applies to the synthetic source only "
+                         f"(config.data.source={config.data.source!r})")
     data_dir = config.data.data_dir or os.path.join(os.path.dirname(os.path.abspath(workdir)), "data")
     corpus = load_corpus(config, template)
     if config.data.source == "synthetic":
@@ -84,10 +93,6 @@ def load_data(config, workdir: str, template) -> "dnl.Data":
                                         num_points=(max(1, (5 * config.data.max_points) // 8),
                                                     config.data.max_points),
                                         keypoint_set=config.data.keypoint_set)
-        test_seed = config.data.get("test_seed", -1)
-        if not isinstance(test_seed, int) or test_seed < -1:
-            raise ValueError(f"config.data.test_seed must be -1 (the data seed's own test split) or a seed "
-                             f">= 0, got {test_seed!r}")
         own_test = test_seed in (-1, config.data.seed)
         builder = tfds_builders.build_synthetic(data_dir, cfg, config.data.train_size,
                                                 config.data.test_size if own_test else 0, config.data.seed,
