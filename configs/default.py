@@ -242,8 +242,9 @@ def apply_variant(c, variant: str, where: str):
                                           # 32,000 people, 77.1 read at 64 px with flip averaging,
                                           # 75.2 on the predictor's third stage's maps, half of
                                           # them flipped in its training, 74.3 on its fourth's
-                                          # (BENCHMARKS). The table's `start PA` scores it before
-                                          # the run trains it
+                                          # (each seed's own 300 test people; 76.1 on the 3,000
+                                          # shared now: BENCHMARKS). The table's `start PA` scores
+                                          # it before the run trains it
         c.regressor.image_size = 64       # the file's input: the maps at their own 64 px (BENCHMARKS:
                                           # 1.4 mm of the file's one-view test PA over 48 px, seed 0)
         c.regressor.test_flip = True      # EXTENSION (BENCHMARKS; the table's `1-view PA` column
