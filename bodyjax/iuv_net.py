@@ -66,6 +66,10 @@ Array = jnp.ndarray
 NUM_PARTS = NUM_PART_CLASSES - 1
 
 
+# The pixel shifts (dy, dx) of each number of views of shift test-time averaging.
+TEST_SHIFTS = {1: ((0, 0),), 2: ((0, 0), (1, 1)), 4: ((0, 0), (0, 1), (1, 0), (1, 1))}
+
+
 @dataclasses.dataclass(frozen=True)
 class IUVNetConfig:
     """The part / IUV predictor: network and training (defaults: CPU-sized, 64-px crops).
@@ -101,6 +105,11 @@ class IUVNetConfig:
       num_epochs: epochs of a training stage (0: the loop uses the predictor as it is loaded, e.g.
         the pretrained one, without fine-tuning it).
       batch_size: images per step.
+    Prediction:
+      test_shifts: EXTENSION (shift test-time averaging, :func:`predict`): the part probabilities
+        are averaged over the image shifted by one pixel, in the phases of the ``patch × patch``
+        space-to-depth grid: 1 = none (one view), 2 = the shifts ``(0, 0), (1, 1)``, 4 = all four
+        ``(dy, dx)`` in ``{0, 1}²``. Each view costs one more run of the network.
     """
 
     image_size: int = 64
@@ -119,6 +128,7 @@ class IUVNetConfig:
     num_epochs: int = 20
     batch_size: int = 32
     pretrained: str = ""
+    test_shifts: int = 1
 
     def __post_init__(self):
         for name in ("image_size", "width", "levels", "patch", "num_epochs", "batch_size"):
@@ -143,6 +153,9 @@ class IUVNetConfig:
                                  f"{'non-negative' if nonneg else 'positive'} number, got {value}")
         if self.body_weight is not None and not 0.0 <= self.body_weight <= 1.0:
             raise ValueError(f"IUVNetConfig.body_weight must be None or in [0, 1], got {self.body_weight}")
+        if isinstance(self.test_shifts, bool) or self.test_shifts not in TEST_SHIFTS:
+            raise ValueError(f"IUVNetConfig.test_shifts must be one of {sorted(TEST_SHIFTS)}, got "
+                             f"{self.test_shifts!r}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"IUVNetConfig.lr_final_fraction must be in [0, 1], got "
                              f"{self.lr_final_fraction}")
@@ -764,11 +777,53 @@ def _crop_input(images: Array, s: int) -> Array:
     return preprocess(images)
 
 
-@functools.partial(jax.jit, static_argnames=("out_size",))
-def _predict_chunk(state: IUVNetState, images: Array, out_size: Tuple[int, int]) -> Tuple[Array]:
+def _shift(x: Array, dy: int, dx: int) -> Array:
+    """``(B, H, W, C)`` moved down by ``dy`` and right by ``dx`` pixels (edge pixels repeated)."""
+    h, w = x.shape[1:3]
+    return jnp.pad(x, ((0, 0), (dy, 0), (dx, 0), (0, 0)), mode="edge")[:, :h, :w]
+
+
+def _unshift(x: Array, dy: int, dx: int) -> Array:
+    """The inverse of :func:`_shift` on the pixels it kept (the last rows / columns repeated)."""
+    return jnp.pad(x[:, dy:, dx:], ((0, 0), (0, dy), (0, dx), (0, 0)), mode="edge")
+
+
+def average_views(logits: Array, uv: Array) -> Tuple[Array, Array]:
+    """One map of ``V`` aligned views of the same images: the part and its ``(U, V)``.
+
+    Args:
+      logits: ``(V, B, S, S, 25)`` part logits of each view, aligned to the first view's pixels.
+      uv: ``(V, B, S, S, 2)`` each view's ``(U, V)``, read at that view's own argmax part.
+
+    Returns:
+      ``(part (B, S, S) int32, uv (B, S, S, 2))``: the argmax of the summed part probabilities,
+      and the mean ``(U, V)`` of the views whose own argmax is that part (the first view's where
+      none is: its ``(U, V)`` belongs to another chart, as a one-view map's would).
+    """
+    part = argmax_part(jnp.sum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0))
+    agree = (argmax_part(logits) == part[None])[..., None].astype(jnp.float32)   # (V, B, S, S, 1)
+    count = jnp.sum(agree, axis=0)
+    mean = jnp.sum(agree * uv, axis=0) / jnp.maximum(count, 1.0)
+    return part, jnp.where(count > 0, mean, uv[0])
+
+
+@functools.partial(jax.jit, static_argnames=("out_size", "shifts"))
+def _predict_chunk(state: IUVNetState, images: Array, out_size: Tuple[int, int], shifts: int = 1
+                   ) -> Tuple[Array]:
     s = state.config.image_size
-    logits, uv, *_ = state.apply_fn({"params": state.params}, _crop_input(images, s))
-    iuv = encode_iuv(argmax_part(logits), uv)
+    x = _crop_input(images, s)
+    if shifts == 1:
+        logits, uv, *_ = state.apply_fn({"params": state.params}, x)
+        part = argmax_part(logits)
+    else:  # the views in one batch: the network has no batch statistics (GroupNorm)
+        views = TEST_SHIFTS[shifts]
+        logits, uv, *_ = state.apply_fn({"params": state.params},
+                                        jnp.concatenate([_shift(x, dy, dx) for dy, dx in views], axis=0))
+        b = x.shape[0]
+        logits = jnp.stack([_unshift(logits[i * b:(i + 1) * b], dy, dx) for i, (dy, dx) in enumerate(views)])
+        uv = jnp.stack([_unshift(uv[i * b:(i + 1) * b], dy, dx) for i, (dy, dx) in enumerate(views)])
+        part, uv = average_views(logits, uv)
+    iuv = encode_iuv(part, uv)
     if out_size != (s, s):
         iuv = iuv[:, _nearest_index(out_size[0], s)][:, :, _nearest_index(out_size[1], s)]
     return (iuv,)
@@ -790,7 +845,7 @@ def _in_chunks(where: str, images, batch_size: int, call) -> Tuple[np.ndarray, .
     return tuple(np.concatenate(c, axis=0) for c in zip(*chunks))
 
 
-def predict(state: IUVNetState, images, batch_size: int = 64) -> np.ndarray:
+def predict(state: IUVNetState, images, batch_size: int = 64, shifts: Optional[int] = None) -> np.ndarray:
     """Part / IUV maps of RGB crops, in the ``iuv`` label format.
 
     Args:
@@ -798,6 +853,11 @@ def predict(state: IUVNetState, images, batch_size: int = 64) -> np.ndarray:
       images: ``(B, H, W, 3)`` uint8 RGB; other sizes than ``config.image_size`` are resized to it
         (linear, antialiased) and the map back to ``(H, W)`` (nearest).
       batch_size: images per jitted call (the last chunk is padded, so one compilation).
+      shifts: EXTENSION: views of shift test-time averaging (1, 2 or 4; see
+        ``IUVNetConfig.test_shifts``): the network also reads the crop shifted by a pixel, the
+        views' part probabilities are summed on the first view's pixels, and the part is their
+        argmax; its ``(U, V)`` is the mean over the views that predicted it (:func:`average_views`).
+        ``None``: ``state.config.test_shifts``.
 
     Returns:
       ``(B, H, W, 3)`` uint8 NumPy maps: the argmax part (0..24) and its ``round(254 · U)``,
@@ -806,8 +866,11 @@ def predict(state: IUVNetState, images, batch_size: int = 64) -> np.ndarray:
     Raises:
       ValueError: ``images`` is not a non-empty ``(B, H, W, 3)`` uint8 array.
     """
+    shifts = state.config.test_shifts if shifts is None else shifts
+    if isinstance(shifts, bool) or shifts not in TEST_SHIFTS:
+        raise ValueError(f"iuv_net.predict: shifts must be None or one of {sorted(TEST_SHIFTS)}, got {shifts!r}")
     return _in_chunks("iuv_net.predict", images, batch_size,
-                      lambda chunk, size: _predict_chunk(state, chunk, size))[0]
+                      lambda chunk, size: _predict_chunk(state, chunk, size, int(shifts)))[0]
 
 
 @functools.partial(jax.jit, static_argnames=("in_size",))
@@ -845,7 +908,7 @@ def predict_keypoints(state: IUVNetState, images, batch_size: int = 64) -> Tuple
 
 
 __all__ = [
-    "NUM_PARTS", "UNLABELLED", "UV_SCALE", "IUVNetConfig", "IUVNet", "IUVNetState", "argmax_part",
+    "NUM_PARTS", "TEST_SHIFTS", "UNLABELLED", "UV_SCALE", "IUVNetConfig", "IUVNet", "IUVNetState", "argmax_part", "average_views",
     "cells_to_pixels", "confusion_matrix", "create_state", "encode_iuv", "eval_step", "loss_terms",
     "keypoint_terms", "part_iou", "pixels_to_cells", "predict", "predict_keypoints", "soft_argmax",
     "train_step",

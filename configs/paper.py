@@ -46,6 +46,7 @@ def get_config(variant: str = ""):
     c.regressor.test_flip = False         # one prediction per image
     c.iuv_net.pretrained = ""             # (the two-stage regressor is off here; when turned on, its
     c.iuv_net.num_epochs = 5              # predictor trains in round 1 on the run's dense labels)
+    c.iuv_net.test_shifts = 1             # one view per map
     if variant:
         default.apply_variant(c, variant, "configs/paper.py")
     return c
