@@ -22,6 +22,13 @@ charts are unrelated coordinate systems, and one shared pair would have to jump 
 every part boundary. The network reads the pair of a given part per pixel (the label's in training,
 the predicted one otherwise) and returns that ``(U, V)`` in ``[0, 1]`` (a sigmoid).
 
+Shift test-time averaging (EXTENSION, ``IUVNetConfig.test_shifts``): :func:`predict` can also read
+the crop moved by one pixel, down, right or both. The space-to-depth stem sees each ``2 × 2`` block
+of pixels as one cell, so a one-pixel shift gives the network another grid over the same image;
+the views' part probabilities, brought back to the crop's pixels, are summed
+(:func:`average_views`). A left/right mirror is no such view on the synthetic images: their bodies
+carry the DensePose part colours, which tell left from right.
+
 Keypoint heads (EXTENSION, ``IUVNetConfig.keypoints = K > 0``; not used by the experiment loop):
 ``K`` heat maps at the crop's resolution, read out by a soft-argmax (integral regression,
 :func:`soft_argmax`) and trained on the batch's 2D keypoints (:func:`keypoint_terms`);
@@ -864,7 +871,8 @@ def predict(state: IUVNetState, images, batch_size: int = 64, shifts: Optional[i
       ``round(254 · V)``; U, V are 255 where the part is the background.
 
     Raises:
-      ValueError: ``images`` is not a non-empty ``(B, H, W, 3)`` uint8 array.
+      ValueError: ``images`` is not a non-empty ``(B, H, W, 3)`` uint8 array, or ``shifts`` is
+        not ``None``, 1, 2 or 4.
     """
     shifts = state.config.test_shifts if shifts is None else shifts
     if isinstance(shifts, bool) or shifts not in TEST_SHIFTS:
@@ -908,8 +916,8 @@ def predict_keypoints(state: IUVNetState, images, batch_size: int = 64) -> Tuple
 
 
 __all__ = [
-    "NUM_PARTS", "TEST_SHIFTS", "UNLABELLED", "UV_SCALE", "IUVNetConfig", "IUVNet", "IUVNetState", "argmax_part", "average_views",
-    "cells_to_pixels", "confusion_matrix", "create_state", "encode_iuv", "eval_step", "loss_terms",
+    "NUM_PARTS", "TEST_SHIFTS", "UNLABELLED", "UV_SCALE", "IUVNetConfig", "IUVNet", "IUVNetState", "argmax_part",
+    "average_views", "cells_to_pixels", "confusion_matrix", "create_state", "encode_iuv", "eval_step", "loss_terms",
     "keypoint_terms", "part_iou", "pixels_to_cells", "predict", "predict_keypoints", "soft_argmax",
     "train_step",
 ]

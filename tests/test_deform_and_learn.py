@@ -13,7 +13,7 @@ import pytest
 from bodyjax import iuv_net, regressor
 from bodyjax.loop import deform_and_learn as dnl
 from bodyjax.loop import experiment
-from configs import default
+from configs import default, paper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -284,6 +284,9 @@ def test_config_blocks_map_straight_onto_the_dataclasses():
     bench_iuv = experiment.loop_config(default.get_config("bench")).iuv_net
     assert bench_iuv.num_epochs == 0 and bench_iuv.pretrained == iuv_net.PRETRAINED_64
     assert loop.iuv_net.num_epochs == 0 and loop.iuv_net.pretrained == iuv_net.PRETRAINED_64
+    # :bench reads the maps averaged over four shifted views; the default and the paper one view
+    assert bench_iuv.test_shifts == 4 and loop.iuv_net.test_shifts == 1
+    assert experiment.loop_config(paper.get_config()).iuv_net.test_shifts == 1
     # ... which a run without a pretrained predictor must train
     config.iuv_net.pretrained = ""
     with pytest.raises(ValueError, match=r"iuv_net.num_epochs=0 .* iuv_net.pretrained is ''"):

@@ -4,6 +4,7 @@ One tiny configuration (32-px crops, two levels) and one batch shape (8 images) 
 so the file compiles the train step and the eval step once each; the keypoint heads (an EXTENSION)
 add one more configuration, the same network with two heat maps.
 """
+import dataclasses
 import functools
 
 import numpy as np
@@ -90,7 +91,8 @@ _loss = jax.jit(iuv_net.loss_terms, static_argnums=3)
                                           ("patch", 0), ("norm_groups", 3), ("uv_weight", -1.0),
                                           ("learning_rate", 0.0), ("lr_final_fraction", 1.5),
                                           ("batch_size", 0), ("uv_smooth_l1_beta", 0.0),
-                                          ("num_epochs", -1), ("num_epochs", 1.5)])
+                                          ("num_epochs", -1), ("num_epochs", 1.5),
+                                          ("test_shifts", 3), ("test_shifts", True)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         iuv_net.IUVNetConfig(**{field: value})
@@ -358,6 +360,77 @@ def test_predict_resizes_other_sizes(trained):
     # ... of about the same parts as at 32 px (the antialiased downsampling blurs the edges).
     small = iuv_net.predict(state, image, batch_size=3)
     assert np.mean(out_big[:, ::2, ::2, 0] == small[..., 0]) > 0.9
+
+
+def _reference_views(logits, uv):
+    """float64 NumPy :func:`iuv_net.average_views`, pixel by pixel."""
+    logits = np.asarray(logits, np.float64)
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    part = prob.sum(0).argmax(-1)
+    own = logits.argmax(-1)
+    out = np.empty(part.shape + (2,))
+    for idx in np.ndindex(*part.shape):
+        agree = [v for v in range(logits.shape[0]) if own[(v,) + idx] == part[idx]]
+        out[idx] = np.mean([uv[(v,) + idx] for v in agree], axis=0) if agree else uv[(0,) + idx]
+    return part, out
+
+
+def test_average_views_matches_numpy():
+    rng = np.random.default_rng(3)
+    logits = (2.0 * rng.normal(size=(4, 2, 6, 6, 25))).astype(np.float32)
+    uv = rng.random((4, 2, 6, 6, 2)).astype(np.float32)
+    # Pixel (0, 0, 0): every view prefers its own part (0.5), all give part 10 0.3, so the sum
+    # picks part 10, which no view picked: the first view's (U, V) is kept.
+    prob = np.full((4, 25), 0.2 / 23)
+    prob[:, 10] = 0.3
+    prob[np.arange(4), np.arange(1, 5)] = 0.5
+    logits[:, 0, 0, 0] = np.log(prob)
+    part, out = (np.asarray(a) for a in jax.jit(iuv_net.average_views)(logits, uv))
+    ref_part, ref_uv = _reference_views(logits, uv)
+    np.testing.assert_array_equal(part, ref_part)
+    np.testing.assert_allclose(out, ref_uv, atol=1e-6)
+    assert part[0, 0, 0] == 10
+    np.testing.assert_array_equal(out[0, 0, 0], uv[0, 0, 0, 0])
+    # ... and the mean over several agreeing views is exercised too.
+    agreeing = (logits.argmax(-1) == part[None]).sum(0)
+    assert np.any(agreeing >= 2) and np.any(agreeing == 1)
+
+
+def _edge_shift(image, dy, dx):
+    return np.pad(image, ((0, 0), (dy, 0), (dx, 0), (0, 0)), mode="edge")[:, :image.shape[1], :image.shape[2]]
+
+
+def _edge_unshift(x, dy, dx):
+    return np.pad(x[:, dy:, dx:], ((0, 0), (0, dy), (0, dx), (0, 0)), mode="edge")
+
+
+def test_predict_averages_shifted_views(trained):
+    state, _ = trained
+    image, labels = _rectangles(6, b=5)
+    one = iuv_net.predict(state, image, batch_size=3)
+    np.testing.assert_array_equal(iuv_net.predict(state, image, batch_size=3, shifts=1), one)
+    four = iuv_net.predict(state, image, batch_size=3, shifts=4)
+    # Reference: the network on each shifted crop (NumPy's shift of the uint8 image), brought back
+    # to the crop's pixels, and the views averaged in float64 NumPy.
+    views = [_apply(state, _edge_shift(image, dy, dx)) for dy, dx in iuv_net.TEST_SHIFTS[4]]
+    logits = np.stack([_edge_unshift(np.asarray(l), dy, dx) for (l, _), (dy, dx) in zip(views, iuv_net.TEST_SHIFTS[4])])
+    uv = np.stack([_edge_unshift(np.asarray(u), dy, dx) for (_, u), (dy, dx) in zip(views, iuv_net.TEST_SHIFTS[4])])
+    ref_part, ref_uv = _reference_views(logits, uv)
+    same = four[..., 0] == ref_part
+    assert same.mean() > 0.999                      # float ties between batch layouts aside
+    fg = same & (ref_part > 0)
+    assert np.abs(four[..., 1:][fg].astype(float) - np.round(254 * ref_uv[fg])).max() <= 1
+    # The views disagree on some pixels, so the average is not the one-view map; it is at least
+    # as good against the labels.
+    assert 0 < np.mean(four[..., 0] != one[..., 0]) < 0.2
+    assert iuv_net.part_iou(four, labels)[1] >= iuv_net.part_iou(one, labels)[1] - 0.01
+    # The state's config is the default; a bad value is refused by name.
+    shifted_state = state.replace(config=dataclasses.replace(state.config, test_shifts=2))
+    np.testing.assert_array_equal(iuv_net.predict(shifted_state, image, batch_size=3),
+                                  iuv_net.predict(state, image, batch_size=3, shifts=2))
+    with pytest.raises(ValueError, match="shifts"):
+        iuv_net.predict(state, image, shifts=3)
 
 
 # ---------------------------------------------------------------------------------------------
