@@ -68,6 +68,9 @@ LEVERS = {
     "oracle_maps": {"loop.regressor_maps": "labels"},
     # the two-stage regressor's label maps flipped left/right (U -> 1 - U on the mirror-symmetric charts)
     "map_flips": {"augment.map_flip_prob": 0.5},
+    # the part predictor's maps averaged over four 1-px shifts of each crop, as :bench reads them (the
+    # default reads one view; :bench's one view is --config.iuv_net.test_shifts=1)
+    "shifted_maps": {"iuv_net.test_shifts": 4},
     # the pretrained stem trained with the rest (the frozen stem is the default)
     "no_frozen_stem": {"regressor.freeze_stem": False},
     "single": {"iterate": False},
