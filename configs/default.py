@@ -246,7 +246,8 @@ def apply_variant(c, variant: str, where: str):
                                           # 75.2 on the predictor's third stage's maps, half of
                                           # them flipped in its training, 74.3 on its fourth's
                                           # (each seed's own 300 test people; 76.1 on the 3,000
-                                          # shared now: BENCHMARKS). The table's `start PA` scores
+                                          # shared now), 74.37 on the maps averaged over four
+                                          # shifts (BENCHMARKS). The table's `start PA` scores
                                           # it before the run trains it
         c.regressor.image_size = 64       # the file's input: the maps at their own 64 px (BENCHMARKS:
                                           # 1.4 mm of the file's one-view test PA over 48 px, seed 0)
